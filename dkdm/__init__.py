@@ -1,0 +1,3 @@
+"""dkdm: data-free knowledge distillation of diffusion models."""
+
+__version__ = "0.1.0"

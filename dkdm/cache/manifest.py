@@ -1,0 +1,123 @@
+"""Cache identity, the manifest (cache format v1) and per-shard sidecars."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import diffusers
+import torch
+
+from .. import __version__
+from ..errors import DkdmError
+from .store import Store
+
+FORMAT = "dkdm-cache/1"
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+
+
+def shard_name(index: int) -> str:
+    return f"traj-{index:06d}"
+
+
+def jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def make_identity(teacher, sched, sampler: dict, record: dict, layout: dict) -> dict:
+    """Everything that decides what the records are; cache_id hashes the parts that change bits."""
+    scheduler = {"class": type(sched).__name__,
+                 "config": {k: v for k, v in jsonable(dict(sched.config)).items() if not k.startswith("_")}}
+    ident = {
+        "format": FORMAT,
+        "teacher": jsonable(teacher.describe()),
+        "scheduler": scheduler,
+        "sampler": jsonable(sampler),
+        "record": record,
+        "layout": layout,
+    }
+    ident["cache_id"] = cache_id(ident)
+    return ident
+
+
+def cache_id(ident: dict) -> str:
+    key = {"teacher": ident["teacher"]["fingerprint"], "scheduler": ident["scheduler"],
+           "sampler": ident["sampler"], "record": ident["record"]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def tool_versions() -> dict:
+    return {"dkdm": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
+def read_manifest(store: Store) -> dict:
+    if not store.exists(MANIFEST):
+        if not store.exists():
+            raise DkdmError(f"cache {store.url} does not exist")
+        raise DkdmError(f"{store.url} is not a dkdm cache (no {MANIFEST}); create one with `dkdm generate --out {store.url}`")
+    try:
+        m = json.loads(store.read_bytes(MANIFEST))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DkdmError(f"{store.url}/{MANIFEST} is not valid JSON ({exc})") from exc
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise DkdmError(f"{store.url} is not a dkdm cache of format {FORMAT} (format={m.get('format') if isinstance(m, dict) else None!r})")
+    return m
+
+
+def write_manifest(store: Store, manifest: dict) -> None:
+    store.write_bytes(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_sidecars(store: Store) -> list[dict]:
+    out = []
+    for name in store.ls(SHARD_DIR):
+        if name.startswith("traj-") and name.endswith(".json"):
+            try:
+                out.append(json.loads(store.read_bytes(f"{SHARD_DIR}/{name}")))
+            except json.JSONDecodeError as exc:
+                raise DkdmError(f"sidecar {SHARD_DIR}/{name} in {store.url} is not valid JSON ({exc})") from exc
+    return sorted(out, key=lambda s: s["index"])
+
+
+def seal(store: Store, identity: dict | None = None) -> dict:
+    """Rebuild the manifest's index from the sidecars; refuses sidecars of another cache."""
+    if identity is None:
+        identity = {k: v for k, v in read_manifest(store).items() if k not in ("shards", "totals", "sealed_at", "created_by")}
+    shards = read_sidecars(store)
+    for s in shards:
+        if s.get("cache_id") != identity["cache_id"]:
+            raise DkdmError(f"shard {s.get('name')} in {store.url} belongs to cache {s.get('cache_id')}, not {identity['cache_id']}: "
+                            "it was generated with another teacher or settings; remove it or use another --out")
+    complete = [s for s in shards if store.exists(f"{SHARD_DIR}/{s['file']}")]
+    manifest = dict(identity)
+    manifest["shards"] = [{k: s[k] for k in ("index", "name", "file", "records", "bytes", "sha256", "trajectories")} for s in complete]
+    hist: dict[str, int] = {}
+    for s in complete:
+        for t, n in s.get("t_hist", {}).items():
+            hist[t] = hist.get(t, 0) + n
+    manifest["totals"] = {
+        "shards": len(complete),
+        "records": sum(s["records"] for s in complete),
+        "bytes": sum(s["bytes"] for s in complete),
+        "trajectories": sum(s["trajectories"][1] - s["trajectories"][0] for s in complete),
+        "t_hist": dict(sorted(hist.items(), key=lambda kv: -int(kv[0]))),
+    }
+    manifest["created_by"] = tool_versions()
+    manifest["sealed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_manifest(store, manifest)
+    return manifest
+
+
+def check_expected(manifest: dict, fingerprint: str | None = None, record: dict | None = None, where: str = "") -> None:
+    """A trainer states what it expects; a cache made by another teacher or with other shapes is refused."""
+    fp = manifest["teacher"]["fingerprint"]
+    if fingerprint is not None and fp != fingerprint:
+        raise DkdmError(f"cache {where} was made by teacher {fp[:12]}… ({manifest['teacher']['source']}), "
+                        f"not the expected {fingerprint[:12]}…; refusing to mix teachers")
+    if record is not None:
+        for k in ("x_t", "target"):
+            got = manifest["record"][k]["shape"]
+            if k in record and list(record[k]) != list(got):
+                raise DkdmError(f"cache {where} holds {k} of shape {got}, the student expects {list(record[k])}")

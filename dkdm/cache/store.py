@@ -1,0 +1,87 @@
+"""A cache root on local disk or any fsspec URL, with atomic whole-file writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+from ..errors import DkdmError
+from ..runtime import atomic_write_bytes
+
+
+class Store:
+    """Files under one root. Local writes are temp + rename; object stores get one PUT per file,
+    which is atomic there (a reader sees the old object or the whole new one)."""
+
+    def __init__(self, url: str | Path):
+        self.url = str(url).rstrip("/")
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise DkdmError(f"cannot open cache location {self.url!r}: {exc}") from exc
+        self.local = self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else ())
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def full_url(self, rel: str) -> str:
+        """A URL another process (a webdataset worker) can open."""
+        if self.local:
+            return str(Path(self.path(rel)))
+        return self.fs.unstrip_protocol(self.path(rel))
+
+    def exists(self, rel: str = "") -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def is_dir(self, rel: str = "") -> bool:
+        return self.fs.isdir(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def size(self, rel: str) -> int:
+        return int(self.fs.size(self.path(rel)))
+
+    def ls(self, rel: str = "") -> list[str]:
+        """Names (not paths) directly under rel; empty if it does not exist."""
+        p = self.path(rel)
+        if not self.fs.exists(p):
+            return []
+        return sorted(os.path.basename(x.rstrip("/")) for x in self.fs.ls(p, detail=False))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        if self.local:
+            atomic_write_bytes(self.path(rel), data)
+        else:
+            self.fs.pipe_file(self.path(rel), data)
+
+    def put_file(self, local_path: str | Path, rel: str) -> None:
+        """Move a finished local temp file into place (rename locally, single upload remotely)."""
+        if self.local:
+            dest = Path(self.path(rel))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local_path, dest)
+        else:
+            self.fs.put_file(str(local_path), self.path(rel))
+            Path(local_path).unlink(missing_ok=True)
+
+    def temp_file(self, rel_dir: str, suffix: str) -> str:
+        """A temp file on the same filesystem as the destination when local (so rename is atomic)."""
+        if self.local:
+            d = Path(self.path(rel_dir))
+            d.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
+        else:
+            fd, name = tempfile.mkstemp(prefix="dkdm-", suffix=suffix)
+        os.close(fd)
+        return name
+
+    def open(self, rel: str, mode: str = "rb"):
+        return self.fs.open(self.path(rel), mode)
+
+    def remove(self, rel: str) -> None:
+        if self.fs.exists(self.path(rel)):
+            self.fs.rm(self.path(rel))

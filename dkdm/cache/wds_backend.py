@@ -1,0 +1,94 @@
+"""webdataset backend: one tar shard per trajectory block, verified before any record is used."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tarfile
+from collections import Counter
+from typing import Iterator
+
+import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from ..errors import DkdmError
+from . import records as rec
+from .manifest import SHARD_DIR
+from .store import Store
+
+SUFFIX = ".tar"
+
+
+class TarShardWriter:
+    """Writes records to a temp file; `finish` moves it into place and returns its sidecar facts."""
+
+    def __init__(self, store: Store, name: str):
+        self.store, self.name = store, name
+        self.tmp = store.temp_file(SHARD_DIR, SUFFIX)
+        self._fh = open(self.tmp, "wb")
+        # mtime fixed and sorted members: the same records give the same bytes (and sha256)
+        self._tar = wds.TarWriter(self._fh, encoder=False, mtime=0, user="dkdm", group="dkdm")
+        self.count = 0
+        self.t_hist: Counter = Counter()
+
+    def add(self, batch: rec.RecordBatch) -> None:
+        for i in range(len(batch)):
+            self._tar.write(rec.encode(batch, i))
+            self.t_hist[int(batch.t[i])] += 1
+        self.count += len(batch)
+
+    def add_many(self, batches) -> None:
+        for b in batches:
+            self.add(b)
+
+    def finish(self) -> dict:
+        self._tar.close()
+        self._fh.close()
+        h = hashlib.sha256()
+        with open(self.tmp, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        size = os.path.getsize(self.tmp)
+        self.store.put_file(self.tmp, f"{SHARD_DIR}/{self.name}{SUFFIX}")
+        return {"file": self.name + SUFFIX, "records": self.count, "bytes": size, "sha256": h.hexdigest(),
+                "t_hist": {str(k): v for k, v in sorted(self.t_hist.items(), reverse=True)}}
+
+    def abort(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+
+
+def read_verified(store: Store, shard: dict) -> bytes:
+    """A shard's bytes, after its size and sha256 match the manifest."""
+    rel = f"{SHARD_DIR}/{shard['file']}"
+    try:
+        data = store.read_bytes(rel)
+    except FileNotFoundError as exc:
+        raise DkdmError(f"shard {shard['file']} listed in the manifest of {store.url} is missing") from exc
+    if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise DkdmError(f"shard {shard['file']} in {store.url} is corrupt or truncated "
+                        f"({len(data)} bytes, expected {shard['bytes']}; sha256 mismatch); run `dkdm cache verify`")
+    return data
+
+
+def iter_shard_records(data: bytes, where: str) -> Iterator[tuple]:
+    """(x_t, target, meta) of each record in a tar shard held in memory."""
+    try:
+        samples = group_by_keys(tar_file_expander([{"url": where, "stream": io.BytesIO(data)}]))
+        for sample in samples:
+            yield rec.decode(sample, where)
+    except (tarfile.TarError, ValueError, KeyError) as exc:
+        raise DkdmError(f"shard {where} cannot be read as a dkdm tar shard: {exc}") from exc
+
+
+def shard_order(shards: list[dict], seed: int, epoch: int, rank: int, world: int, worker: int, workers: int, shuffle: bool) -> list[dict]:
+    """Each (rank, worker) gets its own slice of a per-epoch permutation: no shard read twice per epoch."""
+    order = list(shards)
+    if shuffle:
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order[rank * workers + worker:: world * workers]

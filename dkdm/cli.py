@@ -1,0 +1,263 @@
+"""The `dkdm` command: a thin typer layer over library functions."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+from . import config as cfgmod
+from .errors import DkdmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Data-free knowledge distillation of diffusion models.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and seal synthetic-data caches.")
+app.add_typer(cache_app, name="cache")
+
+RECIPE_HELP = "TOML recipe (path, or name in pipelines/); flags override it."
+
+
+def friendly(fn):
+    """Users see one line and a non-zero exit for errors they can fix, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DkdmError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            typer.secho("interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _sampler(section, scheduler, steps, eta):
+    return cfgmod.override(section, scheduler=scheduler, steps=steps, eta=eta)
+
+
+@app.command()
+@friendly
+def train(
+    recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
+    out: Optional[str] = typer.Option(None, help="Output folder (DDPMPipeline layout)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
+):
+    """Train a diffusion model on real images (digits): the embedded teacher and the data baseline."""
+    from .train import train_teacher
+
+    cfg = cfgmod.override(cfgmod.load_recipe(recipe).train, out=out, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    summary = train_teacher(cfg)
+    typer.echo(f"saved {cfg.out}  final loss {summary['final_loss']:.4f}  {summary['seconds']:.0f}s")
+
+
+@app.command("train-features")
+@friendly
+def train_features(out: Optional[str] = typer.Option(None, help="Folder (default: the builtin one)."),
+                   epochs: int = typer.Option(40, min=1), seed: int = 0):
+    """Train the digits classifier whose penultimate features serve FID/KID on digits."""
+    from .evaluate.digits_features import BUILTIN, train_digits_classifier
+
+    meta = train_digits_classifier(out or BUILTIN, epochs=epochs, seed=seed)
+    typer.echo(f"held-out accuracy {meta['held_out_accuracy']:.4f} on {meta['held_out']} digits")
+
+
+@app.command()
+@friendly
+def generate(
+    recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
+    teacher: Optional[str] = typer.Option(None, help="builtin:digits | local folder | hub id (org/name)."),
+    out: Optional[str] = typer.Option(None, help="Cache location: folder or fsspec URL (s3://...)."),
+    trajectories: Optional[int] = typer.Option(None, help="Number of teacher trajectories (seeds)."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps per trajectory."),
+    scheduler: Optional[str] = typer.Option(None, help="ddim | ddpm | dpm++ | euler"),
+    eta: Optional[float] = typer.Option(None, help="DDIM eta (0 = deterministic)."),
+    keep: Optional[str] = typer.Option(None, help="Steps kept as records: all | every:K | first:N | last:N | i,j,k"),
+    shard_size: Optional[int] = typer.Option(None, help="Trajectories per shard."),
+    seed: Optional[int] = typer.Option(None, help="Base seed: trajectory i uses seed*2^32+i."),
+    batch_size: Optional[int] = typer.Option(None, help="Trajectories walked together."),
+    dtype: Optional[str] = typer.Option(None, help="Record dtype: float16 | bfloat16 | float32."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+):
+    """Walk teacher trajectories and write them to a synthetic-data cache (resumable)."""
+    from accelerate import PartialState
+
+    from .generate import generate as run
+
+    r = cfgmod.load_recipe(recipe).generate
+    cfg = cfgmod.override(r, teacher=teacher, out=out, trajectories=trajectories, keep=keep, shard_size=shard_size,
+                          seed=seed, batch_size=batch_size, dtype=dtype, device=device)
+    cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, eta))
+    state = PartialState(cpu=cfg.device == "cpu")
+    res = run(cfg, rank=state.process_index, world=state.num_processes, progress=not quiet,
+              barrier=state.wait_for_everyone if state.num_processes > 1 else None)
+    if state.is_main_process:
+        typer.echo(f"cache {res['cache']} ({res['cache_id']}): wrote {res['shards_written']} shards, "
+                   f"skipped {res['shards_skipped']} complete; {res['total_records']} records in total; "
+                   f"{res['records_per_s']:.0f} records/s")
+
+
+@app.command()
+@friendly
+def distill(
+    recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
+    teacher: Optional[str] = typer.Option(None, help="Teacher (required for live; checks the cache's fingerprint)."),
+    cache: Optional[str] = typer.Option(None, help="Cache folder or URL to read records from."),
+    source: Optional[str] = typer.Option(None, help="cache | live | both"),
+    out: Optional[str] = typer.Option(None, help="Run folder; the student goes to OUT/student."),
+    steps: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    pool: Optional[str] = typer.Option(None, help="Live pool: iterative | shuffled | dynamic"),
+    rho: Optional[float] = typer.Option(None, help="Pool size factor: rho*T*b samples."),
+    sampler_steps: Optional[int] = typer.Option(None, "--sampler-steps", help="Live teacher: steps T of its schedule."),
+    shuffle_buffer: Optional[int] = typer.Option(None),
+    num_workers: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+    quiet: bool = typer.Option(False),
+):
+    """Train a smaller student on teacher outputs (DKDM), from a cache, a live teacher, or both."""
+    from .distill.loop import distill as run
+
+    r = cfgmod.load_recipe(recipe).distill
+    cfg = cfgmod.override(r, teacher=teacher, cache=cache, source=source, out=out, steps=steps, batch_size=batch_size,
+                          lr=lr, pool=pool, rho=rho, shuffle_buffer=shuffle_buffer, num_workers=num_workers, seed=seed,
+                          device=device, sampler__steps=sampler_steps)
+    res = run(cfg, progress=not quiet)
+    typer.echo(f"student saved to {cfg.out}/student  final loss {res['final_loss']:.4f}  {res['records_per_s']:.0f} records/s")
+
+
+@app.command()
+@friendly
+def evaluate(
+    student: List[str] = typer.Option(..., "--student", help="Student folder(s); repeat to compare several."),
+    recipe: Optional[str] = typer.Option(None, help=RECIPE_HELP),
+    teacher: Optional[str] = typer.Option(None),
+    out: Optional[str] = typer.Option(None, help="Report folder."),
+    num_samples: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    steps: Optional[int] = typer.Option(None),
+    scheduler: Optional[str] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None),
+    quiet: bool = typer.Option(False),
+):
+    """Compare teacher and students: FID/KID, images/s, latency, params, FLOPs; report + PNGs."""
+    from .evaluate.run import evaluate as run
+
+    r = cfgmod.load_recipe(recipe).evaluate
+    cfg = cfgmod.override(r, students=list(student), teacher=teacher, out=out, num_samples=num_samples,
+                          batch_size=batch_size, seed=seed, device=device)
+    cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, None))
+    report = run(cfg, progress=not quiet)
+    print_table(report)
+    typer.echo(f"report: {cfg.out}/report.json, {cfg.out}/report.md")
+
+
+@app.command()
+@friendly
+def demo(out: str = typer.Option("runs/demo", help="Folder for cache/, student/, report.json."),
+         recipe: str = typer.Option("digits", help=RECIPE_HELP), quiet: bool = typer.Option(False)):
+    """generate -> distill -> evaluate on the embedded digits teacher, offline, in minutes on a CPU."""
+    from .demo import run_demo
+
+    report = run_demo(out, recipe, progress=not quiet, log=typer.echo)
+    print_table(report)
+    t = report["demo"]["timings"]
+    typer.echo(f"done in {t['total_s']:.0f}s (generate {t['generate_s']:.0f}s, distill {t['distill_s']:.0f}s, "
+               f"evaluate {t['evaluate_s']:.0f}s); report: {out}/report.json, {out}/report.md")
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"teacher vs student ({report['sampler']['class']}, {report['sampler']['steps']} steps, "
+                        f"{report['num_samples']} samples)")
+    for col in ("model", "FID", "KID", "images/s", "speed-up", "params", "GFLOPs/img"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    t_ips = report["teacher"]["images_per_s"]
+    for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
+        table.add_row(name, f"{r['fid']:.2f}", f"{r['kid']:.4f}", f"{r['images_per_s']:.1f}",
+                      f"{r['images_per_s'] / t_ips:.2f}x", f"{r['params']:,}", f"{r['flops_per_image'] / 1e9:.3f}")
+    Console().print(table)
+
+
+@cache_app.command("info")
+@friendly
+def cache_info(cache: str = typer.Argument(..., help="Cache folder or URL."), as_json: bool = typer.Option(False, "--json")):
+    """Teacher, sampler, records, bytes, shards and the timestep histogram."""
+    from .cache.inspect import info
+
+    i = info(cache)
+    if as_json:
+        typer.echo(json.dumps(i, indent=2))
+        return
+    typer.echo(f"cache     {i['cache']}  id {i['cache_id']}  sealed {i['sealed_at']}")
+    typer.echo(f"teacher   {i['teacher']['source']} ({i['teacher']['class']}, fingerprint {i['teacher']['fingerprint'][:16]}…)")
+    s = i["sampler"]
+    typer.echo(f"sampler   {i['scheduler']} {s['steps']} steps, eta {s['eta']}, keep {s['keep']}, seed {s['base_seed']}, {s['dtype']}")
+    typer.echo(f"records   {i['records']:,} from {i['trajectories']:,} trajectories in {i['shards']} shards")
+    if i["bytes_per_record"]:
+        typer.echo(f"bytes     {i['bytes']:,} ({i['bytes_per_record']:.0f} per record; raw fp32 {i['raw_fp32_bytes_per_record']}, "
+                   f"ratio {i['bytes_per_record'] / i['raw_fp32_bytes_per_record']:.2f})")
+    if i["t_hist"]:
+        peak = max(i["t_hist"].values())
+        typer.echo("timesteps")
+        for t, n in i["t_hist"].items():
+            typer.echo(f"  t={int(t):5d} {n:8d} {'#' * max(1, round(30 * n / peak))}")
+
+
+@cache_app.command("verify")
+@friendly
+def cache_verify(cache: str = typer.Argument(...), deep: bool = typer.Option(False, help="Also decode every record.")):
+    """Check every shard's size, sha256 (and with --deep its records); exit 1 naming each bad shard."""
+    from .cache.inspect import verify
+
+    problems = verify(cache, deep=deep)
+    for p in problems:
+        typer.secho(f"BAD {p}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: every shard of {cache} matches the manifest")
+
+
+@cache_app.command("seal")
+@friendly
+def cache_seal(cache: str = typer.Argument(...)):
+    """Rebuild the manifest's index from the shard sidecars (after many writers, or an interruption)."""
+    from .cache.manifest import seal
+    from .cache.store import Store
+
+    m = seal(Store(cache))
+    typer.echo(f"sealed {cache}: {m['totals']['shards']} shards, {m['totals']['records']} records")
+
+
+@cache_app.command("ls")
+@friendly
+def cache_ls(cache: str = typer.Argument(...)):
+    """One line per shard: name, trajectories, records, bytes, sha256."""
+    from .cache.inspect import ls
+
+    for s in ls(cache):
+        typer.echo(f"{s['file']}  traj {s['trajectories'][0]}-{s['trajectories'][1] - 1}  {s['records']} records  "
+                   f"{s['bytes']} bytes  {s['sha256'][:16]}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Typed run configurations, loaded from TOML recipes in `pipelines/` and overridden by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DkdmError
+
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+@dataclass
+class UNetSpec:
+    """Architecture of a UNet2DModel built from scratch (teacher trained here, or a student)."""
+
+    sample_size: int = 16
+    in_channels: int = 1
+    out_channels: int = 1  # 2*in_channels for learned variance
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention_levels: tuple[int, ...] = (1,)  # which resolution levels carry self-attention
+    norm_num_groups: int = 8
+    attention_head_dim: int = 8
+    learned_variance: bool = False
+
+
+@dataclass
+class SamplerConfig:
+    """How a teacher walks its reverse process; it fixes which timesteps a student learns."""
+
+    scheduler: str = "ddim"  # ddim | ddpm | dpm++ | euler
+    steps: int = 50
+    eta: float = 0.0
+    timestep_spacing: str = "trailing"
+
+
+@dataclass
+class TrainConfig:
+    """Plain data-based diffusion training (the embedded teacher, and the data baseline)."""
+
+    out: str = "runs/teacher"
+    model: UNetSpec = field(default_factory=UNetSpec)
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 100
+
+
+@dataclass
+class GenerateConfig:
+    teacher: str = "builtin:digits"
+    out: str = "cache/digits"
+    trajectories: int = 1024
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    keep: str = "all"  # all | every:K | first:N | last:N | comma list of step indices
+    shard_size: int = 128  # trajectories per shard
+    seed: int = 0
+    batch_size: int = 128
+    device: str = "auto"
+    dtype: str = "float16"
+    format: str = "wds"
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = "builtin:digits"
+    out: str = "runs/student"
+    source: str = "cache"  # cache | live | both
+    cache: str = ""
+    student: UNetSpec = field(default_factory=lambda: UNetSpec(block_out_channels=(16, 32, 32)))
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # live teacher only
+    pool: str = "dynamic"  # iterative | shuffled | dynamic
+    rho: float = 0.4
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.995
+    shuffle_buffer: int = 8192
+    num_workers: int = 1
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 100
+
+
+@dataclass
+class EvaluateConfig:
+    teacher: str = "builtin:digits"
+    students: list[str] = field(default_factory=list)
+    out: str = "runs/eval"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    num_samples: int = 512
+    batch_size: int = 64
+    seed: int = 10_000  # sample seeds start here, apart from the cache's trajectory seeds
+    speed_repeats: int = 5
+    device: str = "auto"
+
+
+@dataclass
+class Recipe:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise DkdmError(f"{where} must be a table, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        return tuple(_coerce(typing.get_args(tp)[0], v, where) for v in value)
+    if origin is list:
+        return [_coerce(typing.get_args(tp)[0], v, where) for v in value]
+    if tp is float and isinstance(value, int):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise DkdmError(f"{where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build a dataclass from a dict, refusing unknown keys so typos in recipes are caught."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise DkdmError(f"unknown key(s) {sorted(unknown)} in [{where or cls.__name__}]; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A recipe is a TOML path, or a bare name looked up in `pipelines/`."""
+    p = Path(recipe)
+    if p.suffix != ".toml" and not p.exists():
+        p = PIPELINES_DIR / f"{recipe}.toml"
+    if not p.is_file():
+        raise DkdmError(f"recipe {recipe!r} not found (a .toml path, or a name in {PIPELINES_DIR})")
+    return p
+
+
+def load_recipe(recipe: str | Path | None) -> Recipe:
+    if recipe is None:
+        return Recipe()
+    path = resolve_recipe_path(recipe)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise DkdmError(f"recipe {path} is not valid TOML: {exc}") from exc
+    return from_dict(Recipe, data)
+
+
+def override(cfg: Any, **changes: Any) -> Any:
+    """Apply CLI flags that were given (None means 'not given'); dotted keys reach nested sections."""
+    for key, value in changes.items():
+        if value is None:
+            continue
+        target, *rest = key.split("__")
+        if rest:
+            sub = override(getattr(cfg, target), **{"__".join(rest): value})
+            cfg = dataclasses.replace(cfg, **{target: sub})
+        else:
+            cfg = dataclasses.replace(cfg, **{target: value})
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,1 @@
+"""Real-image data sources (only what the offline demo and baselines need)."""

@@ -1,0 +1,1 @@
+"""The DKDM distiller: data sources, losses, the accelerate training loop, export."""

@@ -1,0 +1,32 @@
+"""Save a student so plain diffusers loads it: unet/, scheduler/ and model_index.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import diffusers
+
+from ..runtime import atomic_write_json
+
+PIPELINE_FOR = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline"}
+
+
+def export_student(unet, sched, out: str | Path, card: dict) -> Path:
+    out = Path(out)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    sched.save_pretrained(out / "scheduler")
+    cls = type(sched).__name__
+    atomic_write_json(out / "model_index.json", {
+        "_class_name": PIPELINE_FOR.get(cls, "DDIMPipeline"),
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", cls],
+    })
+    atomic_write_json(out / "dkdm_student.json", card)
+    return out
+
+
+def read_card(folder: str | Path) -> dict:
+    f = Path(folder) / "dkdm_student.json"
+    return json.loads(f.read_text()) if f.is_file() else {}

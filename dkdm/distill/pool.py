@@ -1,0 +1,83 @@
+"""The live-teacher pool of DKDM (Xiang et al. 2025, sec. 4.2): teacher-generated noisy samples that
+advance one teacher step each time they are used.
+
+- iterative: b samples in lock-step at the same timestep;
+- shuffled:  b samples spread over the timesteps, all used and advanced every step;
+- dynamic:   rho*T*b samples spread over the timesteps, b drawn at random each step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import DkdmError
+from ..sampling import initial_noise
+from ..schedulers import SINGLE_STEP, step_mixed
+
+VARIANTS = ("iterative", "shuffled", "dynamic")
+
+
+class TeacherPool:
+    def __init__(self, teacher, sched, sampler_kind: str, variant: str, batch_size: int, rho: float = 0.4,
+                 eta: float = 0.0, seed: int = 0, device="cpu", init_batch: int = 256):
+        if variant not in VARIANTS:
+            raise DkdmError(f"unknown pool variant {variant!r}; choose one of {VARIANTS}")
+        if sampler_kind not in SINGLE_STEP:
+            raise DkdmError(f"a live-teacher pool needs a single-step scheduler ({sorted(SINGLE_STEP)}), not {sampler_kind!r}")
+        self.teacher, self.sched, self.variant, self.b, self.eta = teacher, sched, variant, batch_size, eta
+        self.device = device
+        self.timesteps = torch.as_tensor([int(t) for t in sched.timesteps], dtype=torch.long)
+        self.T = len(self.timesteps)
+        size = batch_size if variant != "dynamic" else max(batch_size, int(round(rho * self.T * batch_size)))
+        self.size = size
+        self.next_seed = seed * 2**32
+        self.gen = torch.Generator().manual_seed(seed)
+        if variant == "iterative":
+            self.idx = torch.zeros(size, dtype=torch.long)
+        else:  # uniformly spread step indices
+            self.idx = (torch.arange(size) * self.T // size).long()
+        self.x = self._fresh(size)
+        self.teacher_forwards = 0
+        self._advance_to_targets(init_batch)
+
+    def _fresh(self, n: int) -> torch.Tensor:
+        noise, _ = initial_noise(range(self.next_seed, self.next_seed + n), self.teacher.sample_shape, "cpu")
+        self.next_seed += n
+        return (noise * self.sched.init_noise_sigma).to(self.device)
+
+    @torch.no_grad()
+    def _advance_to_targets(self, chunk: int) -> None:
+        """Walk every member from noise to its assigned step; members stop as they arrive."""
+        target = self.idx.clone()
+        cur = torch.zeros_like(target)
+        for lo in range(0, self.size, chunk):
+            sl = slice(lo, lo + chunk)
+            while True:
+                active = (cur[sl] < target[sl]).nonzero(as_tuple=True)[0] + lo
+                if len(active) == 0:
+                    break
+                t = self.timesteps[cur[active]].to(self.device)
+                out = self.teacher(self.x[active], t)
+                self.teacher_forwards += len(active)
+                self.x[active] = step_mixed(self.sched, out, t, self.x[active], eta=self.eta)
+                cur[active] += 1
+
+    @torch.no_grad()
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch (x_t, t, teacher output); the drawn members then advance one step."""
+        if self.variant == "dynamic":
+            sel = torch.randperm(self.size, generator=self.gen)[: self.b]
+        else:
+            sel = torch.arange(self.size)
+        sel_d = sel.to(self.device)
+        x = self.x[sel_d]
+        t = self.timesteps[self.idx[sel]].to(self.device)
+        out = self.teacher(x, t)
+        self.teacher_forwards += len(sel)
+        self.x[sel_d] = step_mixed(self.sched, out, t, x, eta=self.eta)
+        self.idx[sel] += 1
+        done = sel[self.idx[sel] >= self.T]
+        if len(done):  # finished trajectories restart from fresh noise
+            self.x[done.to(self.device)] = self._fresh(len(done))
+            self.idx[done] = 0
+        return x, t, out

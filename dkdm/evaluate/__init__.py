@@ -1,0 +1,1 @@
+"""Teacher-vs-student evaluation: sampling, features, FID/KID, speed, report."""

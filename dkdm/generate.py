@@ -1,0 +1,167 @@
+"""`dkdm generate`: walk teacher trajectories and write them as cache records, resumably."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .cache import records as rec
+from .cache.manifest import SHARD_DIR, make_identity, read_manifest, read_sidecars, seal, shard_name, write_manifest
+from .cache.store import Store
+from .cache.wds_backend import TarShardWriter
+from .config import GenerateConfig
+from .errors import DkdmError
+from .progress import progress_bar
+from .runtime import pick_device, positive
+from .sampling import sample
+from .schedulers import make_scheduler
+from .teacher import load_teacher
+
+SEED_STRIDE = 2**32  # trajectory i of base seed s draws its noise from seed s*2^32 + i
+
+
+def parse_keep(spec: str, steps: int) -> list[int]:
+    """Which step indices along a trajectory become records: all | every:K | first:N | last:N | i,j,k."""
+    spec = spec.strip()
+    try:
+        if spec == "all":
+            kept = list(range(steps))
+        elif spec.startswith("every:"):
+            k = int(spec[6:])
+            positive("keep every:K", k)
+            kept = list(range(0, steps, k))
+        elif spec.startswith("first:"):
+            kept = list(range(min(steps, int(spec[6:]))))
+        elif spec.startswith("last:"):
+            kept = list(range(max(0, steps - int(spec[5:])), steps))
+        else:
+            kept = sorted({int(s) for s in spec.split(",") if s.strip()})
+    except ValueError as exc:
+        raise DkdmError(f"bad --keep {spec!r}: use all, every:K, first:N, last:N or a comma list of step indices") from exc
+    if not kept or kept[0] < 0 or kept[-1] >= steps:
+        raise DkdmError(f"--keep {spec!r} selects no valid step index in [0, {steps})")
+    return kept
+
+
+def validate(cfg: GenerateConfig) -> None:
+    for name in ("trajectories", "shard_size", "batch_size"):
+        positive(name, getattr(cfg, name))
+    positive("steps", cfg.sampler.steps)
+    if cfg.format != "wds":
+        raise DkdmError(f"unknown cache format {cfg.format!r}; available: wds")
+    if cfg.dtype not in rec.STORAGE_DTYPES:
+        raise DkdmError(f"unsupported --dtype {cfg.dtype!r}; choose one of {sorted(rec.STORAGE_DTYPES)}")
+
+
+def prepare_store(store: Store, identity: dict) -> None:
+    """Create the cache, or check an existing one is this same cache (same teacher and settings)."""
+    if store.exists("manifest.json"):
+        m = read_manifest(store)
+        if m["cache_id"] != identity["cache_id"]:
+            raise DkdmError(f"{store.url} already holds cache {m['cache_id']} (teacher {m['teacher']['source']}, "
+                            f"sampler {m['sampler']['scheduler']}-{m['sampler']['steps']}); these settings make cache "
+                            f"{identity['cache_id']}: use another --out")
+        if m["layout"] != identity["layout"]:
+            raise DkdmError(f"{store.url} was written with layout {m['layout']}, not {identity['layout']} (e.g. --shard-size); keep the original")
+        return
+    if store.exists() and [n for n in store.ls() if not n.startswith(".")]:
+        raise DkdmError(f"{store.url} exists, is not empty and is not a dkdm cache; choose another --out")
+    write_manifest(store, {**identity, "shards": [], "totals": {"shards": 0, "records": 0, "bytes": 0, "trajectories": 0}})
+
+
+def shard_is_complete(store: Store, sidecars: dict, index: int, traj_range: list[int], cid: str) -> bool:
+    s = sidecars.get(index)
+    return bool(s and s.get("cache_id") == cid and s.get("trajectories") == traj_range
+                and store.exists(f"{SHARD_DIR}/{s['file']}"))
+
+
+@torch.no_grad()
+def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool = True, barrier=None,
+             stop_after_shards: int | None = None) -> dict:
+    """Fill the shards this rank owns (shard g where g % world == rank); rank 0 seals at the end."""
+    validate(cfg)
+    device = pick_device(cfg.device)
+    teacher = load_teacher(cfg.teacher, device)
+    sched = make_scheduler(cfg.sampler, teacher.scheduler_config)
+    timesteps = [int(t) for t in sched.timesteps]
+    kept = parse_keep(cfg.keep, len(timesteps))
+    shape = teacher.sample_shape
+    out_ch = teacher.unet.config.out_channels
+    identity = make_identity(
+        teacher, sched,
+        sampler={"scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "eta": cfg.sampler.eta,
+                 "timestep_spacing": cfg.sampler.timestep_spacing, "guidance_scale": 1.0, "timesteps": timesteps,
+                 "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed, "seed_rule": "seed*2**32 + traj",
+                 "dtype": cfg.dtype},
+        record={"x_t": {"shape": list(shape), "dtype": cfg.dtype},
+                "target": {"shape": [out_ch, *shape[1:]], "dtype": cfg.dtype},
+                "target_kind": "eps+variance" if teacher.learned_variance else "eps",
+                "x_t_is": "model input (after scale_model_input)"},
+        layout={"backend": cfg.format, "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT},
+    )
+    store = Store(cfg.out)
+    prepare_store(store, identity)
+    cid = identity["cache_id"]
+    n_shards = math.ceil(cfg.trajectories / cfg.shard_size)
+    mine = [g for g in range(n_shards) if g % world == rank]
+    sidecars = {s["index"]: s for s in read_sidecars(store)}
+    todo = [g for g in mine if not shard_is_complete(store, sidecars, g, _range(g, cfg), cid)]
+    skipped = len(mine) - len(todo)
+    kept_set = set(kept)
+    bar = progress_bar(sum(_range(g, cfg)[1] - _range(g, cfg)[0] for g in todo), f"generate[{rank}]", disable=not progress, unit="traj")
+    t0, n_records = time.time(), 0
+    for done, g in enumerate(todo):
+        if stop_after_shards is not None and done >= stop_after_shards:
+            break
+        a, b = _range(g, cfg)
+        writer = TarShardWriter(store, shard_name(g))
+        try:
+            for lo in range(a, b, cfg.batch_size):
+                trajs = np.arange(lo, min(lo + cfg.batch_size, b), dtype=np.int64)
+                writer.add_many(_walk(teacher, sched, trajs, cfg, shape, kept_set, device))
+                bar.update(len(trajs), records_per_s=(n_records + writer.count) / max(1e-9, time.time() - t0))
+        except BaseException:
+            writer.abort()
+            raise
+        info = writer.finish()
+        n_records += info["records"]
+        sidecar = {**info, "index": g, "name": shard_name(g), "cache_id": cid, "trajectories": [a, b]}
+        store.write_bytes(f"{SHARD_DIR}/{shard_name(g)}.json", cfgmod_json(sidecar).encode())
+    bar.close()
+    seconds = time.time() - t0
+    if barrier is not None:
+        barrier()
+    manifest = seal(store) if rank == 0 else None
+    return {"cache": store.url, "cache_id": cid, "shards_written": len(todo) if stop_after_shards is None else min(len(todo), stop_after_shards),
+            "shards_skipped": skipped, "records_written": n_records, "seconds": seconds,
+            "records_per_s": n_records / seconds if seconds > 0 else 0.0,
+            "total_records": manifest["totals"]["records"] if manifest else None}
+
+
+def cfgmod_json(obj) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def _range(g: int, cfg: GenerateConfig) -> list[int]:
+    return [g * cfg.shard_size, min((g + 1) * cfg.shard_size, cfg.trajectories)]
+
+
+def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: set, device) -> list[rec.RecordBatch]:
+    """One batch of trajectories through the whole schedule; the kept steps come back as records."""
+    out: list[rec.RecordBatch] = []
+    n = len(trajs)
+
+    def record(i, t, inp, model_out):
+        if i in kept:
+            out.append(rec.RecordBatch(
+                x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
+                t=np.full(n, t, np.int64), traj=trajs, step=np.full(n, i, np.int64), cond=np.full(n, -1, np.int64)))
+
+    seeds = [cfg.seed * SEED_STRIDE + int(j) for j in trajs]
+    sample(teacher, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record)
+    return out

@@ -1,0 +1,67 @@
+"""Reverse-process sampling with per-sample seeds, so results do not depend on batching."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import schedulers
+
+# callback(step_index, timestep, model_input, model_output) — the hook a trajectory recorder needs
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def generators_for(seeds, device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample: a seed names an image regardless of which batch it lands in."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(seeds, shape: tuple[int, int, int], device="cpu") -> tuple[torch.Tensor, list[torch.Generator]]:
+    gens = generators_for(seeds, "cpu")
+    noise = randn_tensor((len(gens), *shape), generator=gens, device=torch.device("cpu"), dtype=torch.float32)
+    return noise.to(device), gens
+
+
+@torch.no_grad()
+def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu", callback: StepCallback | None = None) -> torch.Tensor:
+    """Walk `sched.timesteps` from seeded noise; returns images in [-1, 1] (float32, on `device`)."""
+    x, gens = initial_noise(seeds, shape, device)
+    sched.set_timesteps(sched.num_inference_steps)  # multistep/Euler schedulers keep state: restart it
+    x = x * sched.init_noise_sigma
+    for i, t in enumerate(sched.timesteps):
+        inp = sched.scale_model_input(x, t)
+        out = model(inp, t.to(device) if torch.is_tensor(t) else t)
+        if callback is not None:
+            callback(i, int(t), inp, out)
+        x = schedulers.step(sched, out, t, x, eta=eta, generator=gens if eta > 0 or _needs_noise(sched) else None)
+    return x.clamp(-1, 1)
+
+
+def _needs_noise(sched) -> bool:
+    return type(sched).__name__ in ("DDPMScheduler", "EulerAncestralDiscreteScheduler")
+
+
+def unet_fn(unet) -> Callable:
+    """Adapt a UNet2DModel to model(x, t) -> output tensor."""
+
+    def f(x, t):
+        dtype = next(unet.parameters()).dtype
+        if not torch.is_tensor(t) or t.dim() == 0:
+            t = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+        return unet(x.to(dtype), t).sample.float()
+
+    return f
+
+
+@torch.no_grad()
+def sample_many(model: Callable, sched, seeds, shape, batch_size: int, eta=0.0, device="cpu", progress=None) -> torch.Tensor:
+    """Sample in batches; returns CPU images in [-1, 1]."""
+    seeds = list(seeds)
+    outs = []
+    for i in range(0, len(seeds), batch_size):
+        outs.append(sample(model, sched, seeds[i:i + batch_size], shape, eta=eta, device=device).cpu())
+        if progress is not None:
+            progress(len(seeds[i:i + batch_size]))
+    return torch.cat(outs) if outs else torch.empty(0, *shape)

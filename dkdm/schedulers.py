@@ -1,0 +1,56 @@
+"""Sampling schedulers by short name, built from the teacher's own scheduler config."""
+
+from __future__ import annotations
+
+import inspect
+
+import diffusers
+import torch
+
+from .config import SamplerConfig
+from .errors import DkdmError
+
+KINDS = {
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+}
+SINGLE_STEP = {"ddpm", "ddim"}  # schedulers whose step needs no history: usable in a mixed-timestep pool
+
+
+def make_scheduler(cfg: SamplerConfig, base_config: dict):
+    if cfg.scheduler not in KINDS:
+        raise DkdmError(f"unknown scheduler {cfg.scheduler!r}; choose one of {sorted(KINDS)}")
+    if cfg.steps <= 0:
+        raise DkdmError(f"sampler steps must be a positive number, got {cfg.steps}")
+    cls = getattr(diffusers, KINDS[cfg.scheduler])
+    extra = {"timestep_spacing": cfg.timestep_spacing}
+    if cfg.scheduler == "dpm++":
+        extra["algorithm_type"] = "dpmsolver++"
+    base = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    sched = cls.from_config({**base, **extra})
+    sched.set_timesteps(cfg.steps)
+    return sched
+
+
+def step(sched, model_output: torch.Tensor, t, x: torch.Tensor, eta: float = 0.0, generator=None) -> torch.Tensor:
+    """One reverse step; drops learned-variance channels for schedulers that cannot use them."""
+    c = x.shape[1]
+    uses_variance = getattr(sched.config, "variance_type", None) in ("learned", "learned_range")
+    if model_output.shape[1] == 2 * c and not uses_variance:
+        model_output = model_output[:, :c]
+    kwargs = {"generator": generator}
+    if "eta" in inspect.signature(sched.step).parameters:
+        kwargs["eta"] = eta
+    return sched.step(model_output, t, x, **kwargs).prev_sample
+
+
+def step_mixed(sched, model_output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, eta: float = 0.0, generators=None) -> torch.Tensor:
+    """A reverse step for a batch whose members sit at different timesteps (the DKDM pool)."""
+    out = torch.empty_like(x)
+    for tv in torch.unique(t).tolist():
+        sel = (t == tv).nonzero(as_tuple=True)[0]
+        gens = [generators[i] for i in sel.tolist()] if generators is not None else None
+        out[sel] = step(sched, model_output[sel], int(tv), x[sel], eta=eta, generator=gens)
+    return out
