@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..data.digits import load_digits_images, split_indices
 from ..errors import DkdmError
-from ..runtime import atomic_write_json
+from ..runtime import atomic_write_bytes, atomic_write_json
 
 BUILTIN = Path(__file__).resolve().parent.parent / "builtin" / "digits-classifier"
 FEATURE_DIM = 128
@@ -65,7 +65,7 @@ def train_digits_classifier(out: str | Path = BUILTIN, epochs: int = 40, seed: i
         acc = (net(x[te]).argmax(1) == y[te]).float().mean().item()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / "model.safetensors"))
+    atomic_write_bytes(out / "model.safetensors", save({k: v.contiguous() for k, v in net.state_dict().items()}))
     meta = {"held_out_accuracy": acc, "held_out": len(te), "train": len(tr), "epochs": epochs, "seed": seed,
             "feature_dim": FEATURE_DIM, "sha256": _sha256(out / "model.safetensors")}
     atomic_write_json(out / "meta.json", meta)
