@@ -85,6 +85,7 @@ class DistillConfig:
     steps: int = 3000
     batch_size: int = 64
     lr: float = 2e-3
+    lr_schedule: str = "cosine"  # any diffusers.optimization scheduler name: cosine | constant_with_warmup | linear
     warmup_steps: int = 100
     ema_decay: float = 0.995
     shuffle_buffer: int = 8192

@@ -9,6 +9,7 @@ from pathlib import Path
 import diffusers
 import torch
 from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from .. import config as cfgmod
@@ -22,7 +23,6 @@ from ..sampling import sample, unet_fn
 from ..schedulers import make_scheduler
 from ..students import build_unet, count_params, student_spec_for
 from ..teacher import load_teacher
-from ..train import warmup_lambda
 from .export import export_student
 from .losses import eps_mse
 from .pool import TeacherPool
@@ -66,7 +66,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict:
     student = build_unet(spec)
     channels = spec.in_channels
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(cfg.warmup_steps))
+    lr_sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay)
     student, opt = acc.prepare(student, opt)
     ema.to(device)
