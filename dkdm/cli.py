@@ -86,17 +86,21 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Base seed: trajectory i uses seed*2^32+i."),
     batch_size: Optional[int] = typer.Option(None, help="Trajectories walked together."),
     dtype: Optional[str] = typer.Option(None, help="Record dtype: float16 | bfloat16 | float32."),
+    format: Optional[str] = typer.Option(None, "--format", help="Shard backend: wds (tar shards) | zarr (trajectories.zarr)."),
+    prompts: Optional[str] = typer.Option(None, help="Text-conditioned teachers: file with one prompt per line."),
+    guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = none)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
-    """Walk teacher trajectories and write them to a synthetic-data cache (resumable)."""
+    """Walk teacher trajectories and write them to a synthetic-data cache (resumable, many writers)."""
     from accelerate import PartialState
 
     from .generate import generate as run
 
     r = cfgmod.load_recipe(recipe).generate
     cfg = cfgmod.override(r, teacher=teacher, out=out, trajectories=trajectories, keep=keep, shard_size=shard_size,
-                          seed=seed, batch_size=batch_size, dtype=dtype, device=device)
+                          seed=seed, batch_size=batch_size, dtype=dtype, device=device, format=format, prompts=prompts,
+                          guidance_scale=guidance_scale)
     cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, eta))
     state = PartialState(cpu=cfg.device == "cpu")
     res = run(cfg, rank=state.process_index, world=state.num_processes, progress=not quiet,

@@ -8,10 +8,11 @@ import time
 import numpy as np
 import torch
 
+from .cache import backend
 from .cache import records as rec
+from .cache.embeddings import Conditioning, read_prompts
 from .cache.manifest import SHARD_DIR, make_identity, read_manifest, read_sidecars, seal, shard_name, write_manifest
 from .cache.store import Store
-from .cache.wds_backend import TarShardWriter
 from .config import GenerateConfig
 from .errors import DkdmError
 from .progress import progress_bar
@@ -50,8 +51,10 @@ def validate(cfg: GenerateConfig) -> None:
     for name in ("trajectories", "shard_size", "batch_size"):
         positive(name, getattr(cfg, name))
     positive("steps", cfg.sampler.steps)
-    if cfg.format != "wds":
-        raise DkdmError(f"unknown cache format {cfg.format!r}; available: wds")
+    if cfg.format not in backend.FORMATS:
+        raise DkdmError(f"unknown cache format {cfg.format!r}; choose one of {', '.join(backend.FORMATS)}")
+    if cfg.guidance_scale < 1.0:
+        raise DkdmError(f"--guidance-scale must be >= 1 (1 = no classifier-free guidance), got {cfg.guidance_scale}")
     if cfg.dtype not in rec.STORAGE_DTYPES:
         raise DkdmError(f"unsupported --dtype {cfg.dtype!r}; choose one of {sorted(rec.STORAGE_DTYPES)}")
 
@@ -74,8 +77,7 @@ def prepare_store(store: Store, identity: dict) -> None:
 
 def shard_is_complete(store: Store, sidecars: dict, index: int, traj_range: list[int], cid: str) -> bool:
     s = sidecars.get(index)
-    return bool(s and s.get("cache_id") == cid and s.get("trajectories") == traj_range
-                and store.exists(f"{SHARD_DIR}/{s['file']}"))
+    return bool(s and s.get("cache_id") == cid and s.get("trajectories") == traj_range and backend.data_present(store, s))
 
 
 @torch.no_grad()
@@ -90,20 +92,33 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     kept = parse_keep(cfg.keep, len(timesteps))
     shape = teacher.sample_shape
     out_ch = teacher.unet.config.out_channels
-    identity = make_identity(
-        teacher, sched,
-        sampler={"scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "eta": cfg.sampler.eta,
-                 "timestep_spacing": cfg.sampler.timestep_spacing, "guidance_scale": 1.0, "timesteps": timesteps,
-                 "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed, "seed_rule": "seed*2**32 + traj",
-                 "dtype": cfg.dtype},
-        record={"x_t": {"shape": list(shape), "dtype": cfg.dtype},
-                "target": {"shape": [out_ch, *shape[1:]], "dtype": cfg.dtype},
-                "target_kind": "eps+variance" if teacher.learned_variance else "eps",
-                "x_t_is": "model input (after scale_model_input)"},
-        layout={"backend": cfg.format, "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT},
-    )
+    cond = conditioning(teacher, cfg)
+    sampler = {"scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "eta": cfg.sampler.eta,
+               "timestep_spacing": cfg.sampler.timestep_spacing, "guidance_scale": cond.guidance_scale if cond else 1.0,
+               "timesteps": timesteps, "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed,
+               "seed_rule": "seed*2**32 + traj", "dtype": cfg.dtype}
+    if cond:
+        sampler["prompts"] = {"count": len(cond.prompts), "unique": len(cond.unique), "rule": "traj % count",
+                              "sha256": rec_sha("\n".join(cond.prompts))}
+    record = {"x_t": {"shape": list(shape), "dtype": cfg.dtype},
+              "target": {"shape": [out_ch, *shape[1:]], "dtype": cfg.dtype},
+              "target_kind": ("guided eps" if cond and cond.guidance_scale != 1.0 else "eps")
+              + ("+variance" if teacher.learned_variance else ""),
+              "x_t_is": "model input (after scale_model_input)"}
+    layout = {"backend": cfg.format, "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT}
+    if cfg.format == "zarr":
+        layout.update(records_per_shard=cfg.shard_size * len(kept), records_total=cfg.trajectories * len(kept))
+    identity = make_identity(teacher, sched, sampler=sampler, record=record, layout=layout)
+    if cond:
+        identity["embeddings"] = cond.describe()
     store = Store(cfg.out)
-    prepare_store(store, identity)
+    # rank 0 creates the cache (manifest, array metadata, embeddings) before the others look at it
+    if rank == 0 or barrier is None:
+        _prepare(store, identity, cond)
+    if barrier is not None:
+        barrier()
+        if rank != 0:
+            _prepare(store, identity, None)
     cid = identity["cache_id"]
     n_shards = math.ceil(cfg.trajectories / cfg.shard_size)
     mine = [g for g in range(n_shards) if g % world == rank]
@@ -117,11 +132,11 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
         if stop_after_shards is not None and done >= stop_after_shards:
             break
         a, b = _range(g, cfg)
-        writer = TarShardWriter(store, shard_name(g))
+        writer = backend.open_writer(store, shard_name(g), g, record, layout)
         try:
             for lo in range(a, b, cfg.batch_size):
                 trajs = np.arange(lo, min(lo + cfg.batch_size, b), dtype=np.int64)
-                writer.add_many(_walk(teacher, sched, trajs, cfg, shape, kept_set, device))
+                writer.add_many(_walk(teacher, sched, trajs, cfg, shape, kept_set, device, cond))
                 bar.update(len(trajs), records_per_s=(n_records + writer.count) / max(1e-9, time.time() - t0))
         except BaseException:
             writer.abort()
@@ -141,6 +156,29 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
             "total_records": manifest["totals"]["records"] if manifest else None}
 
 
+def conditioning(teacher, cfg: GenerateConfig) -> Conditioning | None:
+    if teacher.conditional and not cfg.prompts:
+        raise DkdmError(f"teacher {cfg.teacher} is text-conditioned: give --prompts FILE (one prompt per line)")
+    if not teacher.conditional:
+        if cfg.prompts:
+            raise DkdmError(f"teacher {cfg.teacher} is unconditional; drop --prompts")
+        return None
+    return Conditioning(teacher, read_prompts(cfg.prompts), cfg.guidance_scale)
+
+
+def _prepare(store: Store, identity: dict, cond: Conditioning | None) -> None:
+    prepare_store(store, identity)
+    backend.prepare(store, identity["record"], identity["layout"])
+    if cond is not None:
+        cond.write(store)
+
+
+def rec_sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def cfgmod_json(obj) -> str:
     import json
 
@@ -151,17 +189,20 @@ def _range(g: int, cfg: GenerateConfig) -> list[int]:
     return [g * cfg.shard_size, min((g + 1) * cfg.shard_size, cfg.trajectories)]
 
 
-def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: set, device) -> list[rec.RecordBatch]:
+def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: set, device,
+          cond: Conditioning | None = None) -> list[rec.RecordBatch]:
     """One batch of trajectories through the whole schedule; the kept steps come back as records."""
     out: list[rec.RecordBatch] = []
     n = len(trajs)
+    rows = np.array([cond.row_of(int(j)) for j in trajs], np.int64) if cond else np.full(n, -1, np.int64)
+    model = cond.model(teacher, rows, device) if cond else teacher
 
     def record(i, t, inp, model_out):
         if i in kept:
             out.append(rec.RecordBatch(
                 x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
-                t=np.full(n, t, np.int64), traj=trajs, step=np.full(n, i, np.int64), cond=np.full(n, -1, np.int64)))
+                t=np.full(n, t, np.int64), traj=trajs, step=np.full(n, i, np.int64), cond=rows))
 
     seeds = [cfg.seed * SEED_STRIDE + int(j) for j in trajs]
-    sample(teacher, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record)
+    sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record)
     return out
