@@ -86,7 +86,7 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Base seed: trajectory i uses seed*2^32+i."),
     batch_size: Optional[int] = typer.Option(None, help="Trajectories walked together."),
     dtype: Optional[str] = typer.Option(None, help="Record dtype: float16 | bfloat16 | float32."),
-    format: Optional[str] = typer.Option(None, "--format", help="Shard backend: wds (tar shards) | zarr (trajectories.zarr)."),
+    format: Optional[str] = typer.Option(None, "--format", help="Shard backend: wds (tar shards) | wds-gz (gzipped tar shards) | zarr (trajectories.zarr)."),
     prompts: Optional[str] = typer.Option(None, help="Text-conditioned teachers: file with one prompt per line."),
     guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = none)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),

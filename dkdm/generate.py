@@ -105,7 +105,9 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
               "target_kind": ("guided eps" if cond and cond.guidance_scale != 1.0 else "eps")
               + ("+variance" if teacher.learned_variance else ""),
               "x_t_is": "model input (after scale_model_input)"}
-    layout = {"backend": cfg.format, "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT}
+    layout = {"backend": "zarr" if cfg.format == "zarr" else "wds", "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT}
+    if cfg.format == "wds-gz":
+        layout["compression"] = "gzip"
     if cfg.format == "zarr":
         layout.update(records_per_shard=cfg.shard_size * len(kept), records_total=cfg.trajectories * len(kept))
     identity = make_identity(teacher, sched, sampler=sampler, record=record, layout=layout)

@@ -13,7 +13,7 @@ from . import wds_backend, zarr_backend
 from .manifest import SHARD_DIR
 from .store import Store
 
-FORMATS = ("wds", "zarr")
+FORMATS = ("wds", "wds-gz", "zarr")  # --format; wds-gz is the wds backend with gzip-compressed tar shards
 
 
 def backend_of(manifest_or_layout: dict) -> str:
@@ -24,7 +24,7 @@ def backend_of(manifest_or_layout: dict) -> str:
 def open_writer(store: Store, name: str, index: int, record: dict, layout: dict):
     if layout["backend"] == "zarr":
         return zarr_backend.ZarrShardWriter(store, name, index, record, layout)
-    return wds_backend.TarShardWriter(store, name)
+    return wds_backend.TarShardWriter(store, name, gz=layout.get("compression") == "gzip")
 
 
 def prepare(store: Store, record: dict, layout: dict) -> None:

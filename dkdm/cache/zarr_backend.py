@@ -93,10 +93,11 @@ class ZarrShardWriter:
         if self.count > per:
             raise DkdmError(f"shard {self.name} got {self.count} records, more than its {per} slots")
         lo = self.index * per
-        group = zarr.open_group(zarr_store(self.store, ROOT), mode="r+", zarr_format=3)
         cat = {k: np.concatenate([getattr(b, k) for b in self.batches]) for k in (*TENSORS, *SCALARS)}
-        for k, v in cat.items():
-            group[k][lo:lo + self.count] = v
+        # every shard file must exist even when its values equal the fill value (cond = -1 everywhere)
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for k, v in cat.items():
+                zarr.open_array(zarr_store(self.store, f"{ROOT}/{k}"), mode="r+")[lo:lo + self.count] = v
         ndims = {k: v.ndim for k, v in cat.items()}
         files = {}
         for rel in shard_files(self.index, ndims):
