@@ -145,7 +145,9 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
             raise
         info = writer.finish()
         n_records += info["records"]
-        sidecar = {**info, "index": g, "name": shard_name(g), "cache_id": cid, "trajectories": [a, b]}
+        # bits are reproducible for the same device, software and CPU thread count: record them
+        made_on = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "rank": rank, "world": world}
+        sidecar = {**info, "index": g, "name": shard_name(g), "cache_id": cid, "trajectories": [a, b], "made_on": made_on}
         store.write_bytes(f"{SHARD_DIR}/{shard_name(g)}.json", cfgmod_json(sidecar).encode())
     bar.close()
     seconds = time.time() - t0
