@@ -16,6 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Data-free knowledge distillation of diffusion models.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and seal synthetic-data caches.")
 app.add_typer(cache_app, name="cache")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure the stages: cache writing/reading, distillation.")
+app.add_typer(bench_app, name="bench")
 
 RECIPE_HELP = "TOML recipe (path, or name in pipelines/); flags override it."
 
@@ -257,6 +259,27 @@ def cache_ls(cache: str = typer.Argument(...)):
     for s in ls(cache):
         typer.echo(f"{s['file']}  traj {s['trajectories'][0]}-{s['trajectories'][1] - 1}  {s['records']} records  "
                    f"{s['bytes']} bytes  {s['sha256'][:16]}")
+
+
+@bench_app.command("cache")
+@friendly
+def bench_cache(
+    teacher: str = typer.Option("builtin:digits", help="Teacher to generate with."),
+    trajectories: int = typer.Option(256, min=1), batch_size: int = typer.Option(128, min=1),
+    steps: int = typer.Option(25, min=1, help="DDIM steps per trajectory (every step kept)."),
+    shard_size: int = typer.Option(128, min=1), dtype: str = typer.Option("float16"),
+    repeats: int = typer.Option(2, min=1, help="Runs of each measurement; the best counts."),
+    device: str = typer.Option("auto"), out: Optional[str] = typer.Option(None, help="Also write the results as JSON here."),
+):
+    """Generate vs bare teacher throughput, read records/s per backend vs the distiller, bytes per record."""
+    from .bench.cache import bench_cache as run, markdown
+    from .runtime import atomic_write_json
+
+    res = run(teacher=teacher, trajectories=trajectories, batch_size=batch_size, steps=steps, shard_size=shard_size,
+              dtype=dtype, repeats=repeats, device=device, log=typer.echo)
+    if out:
+        atomic_write_json(out, res)
+    typer.echo(markdown(res))
 
 
 def main():
