@@ -210,10 +210,13 @@ def cache_info(cache: str = typer.Argument(..., help="Cache folder or URL."), as
     if as_json:
         typer.echo(json.dumps(i, indent=2))
         return
-    typer.echo(f"cache     {i['cache']}  id {i['cache_id']}  sealed {i['sealed_at']}")
+    typer.echo(f"cache     {i['cache']}  id {i['cache_id']}  {i['backend']}  sealed {i['sealed_at']}")
     typer.echo(f"teacher   {i['teacher']['source']} ({i['teacher']['class']}, fingerprint {i['teacher']['fingerprint'][:16]}…)")
     s = i["sampler"]
     typer.echo(f"sampler   {i['scheduler']} {s['steps']} steps, eta {s['eta']}, keep {s['keep']}, seed {s['base_seed']}, {s['dtype']}")
+    if i["conditioning"]:
+        typer.echo(f"prompts   {i['conditioning']['rows']} unique, embeddings {i['conditioning']['seq']}x{i['conditioning']['dim']} "
+                   f"in {i['conditioning']['path']}, guidance {s['guidance_scale']}")
     typer.echo(f"records   {i['records']:,} from {i['trajectories']:,} trajectories in {i['shards']} shards")
     if i["bytes_per_record"]:
         typer.echo(f"bytes     {i['bytes']:,} ({i['bytes_per_record']:.0f} per record; raw fp32 {i['raw_fp32_bytes_per_record']}, "
