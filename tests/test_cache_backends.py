@@ -144,3 +144,14 @@ def test_gzipped_tar_shards(tiny_cache, tiny_teacher, tmp_path):
 def test_unknown_format_is_one_line(tiny_teacher, tmp_path):
     res = run_cli("generate", "--teacher", tiny_teacher, "--out", tmp_path / "c", "--format", "parquet")
     assert res.returncode == 2 and "unknown cache format" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_distiller_streams_a_zarr_cache_without_knowing_the_backend(zarr_cache, tiny_teacher, tmp_path):
+    from dkdm.config import DistillConfig, UNetSpec
+    from dkdm.distill.loop import distill
+
+    cfg = DistillConfig(teacher=str(tiny_teacher), cache=str(zarr_cache), out=str(tmp_path / "run"), steps=2, batch_size=8,
+                        shuffle_buffer=16, num_workers=0, device="cpu", log_every=1,
+                        student=UNetSpec(block_out_channels=(8, 8), attention_levels=(), norm_num_groups=4))
+    res = distill(cfg, progress=False)
+    assert res["steps"] == 2 and np.isfinite(res["final_loss"])
