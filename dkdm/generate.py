@@ -129,7 +129,7 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     skipped = len(mine) - len(todo)
     kept_set = set(kept)
     bar = progress_bar(sum(_range(g, cfg)[1] - _range(g, cfg)[0] for g in todo), f"generate[{rank}]", disable=not progress, unit="traj")
-    t0, n_records = time.time(), 0
+    t0, n_records, write_s = time.time(), 0, 0.0  # write_s: time in the writer (encode, compress, hash, store)
     for done, g in enumerate(todo):
         if stop_after_shards is not None and done >= stop_after_shards:
             break
@@ -138,17 +138,22 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
         try:
             for lo in range(a, b, cfg.batch_size):
                 trajs = np.arange(lo, min(lo + cfg.batch_size, b), dtype=np.int64)
-                writer.add_many(_walk(teacher, sched, trajs, cfg, shape, kept_set, device, cond))
+                batches = _walk(teacher, sched, trajs, cfg, shape, kept_set, device, cond)
+                tw = time.perf_counter()
+                writer.add_many(batches)
+                write_s += time.perf_counter() - tw
                 bar.update(len(trajs), records_per_s=(n_records + writer.count) / max(1e-9, time.time() - t0))
         except BaseException:
             writer.abort()
             raise
+        tw = time.perf_counter()
         info = writer.finish()
         n_records += info["records"]
         # bits are reproducible for the same device, software and CPU thread count: record them
         made_on = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "rank": rank, "world": world}
         sidecar = {**info, "index": g, "name": shard_name(g), "cache_id": cid, "trajectories": [a, b], "made_on": made_on}
         store.write_bytes(f"{SHARD_DIR}/{shard_name(g)}.json", cfgmod_json(sidecar).encode())
+        write_s += time.perf_counter() - tw
     bar.close()
     seconds = time.time() - t0
     if barrier is not None:
@@ -156,6 +161,7 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     manifest = seal(store) if rank == 0 else None
     return {"cache": store.url, "cache_id": cid, "shards_written": len(todo) if stop_after_shards is None else min(len(todo), stop_after_shards),
             "shards_skipped": skipped, "records_written": n_records, "seconds": seconds,
+            "write_seconds": write_s,
             "records_per_s": n_records / seconds if seconds > 0 else 0.0,
             "total_records": manifest["totals"]["records"] if manifest else None}
 

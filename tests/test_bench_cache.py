@@ -8,6 +8,7 @@ def test_bench_cache_measures_every_format(tiny_teacher, tmp_path):
     assert set(res["formats"]) == {"wds", "wds-gz", "zarr"}
     for f, r in res["formats"].items():
         assert r["generate_records_per_s"] > 0 and r["read_records_per_s"] > 0 and r["generate_over_bare"] > 0
+        assert 0 < r["write_share"] < 1
         assert r["raw_fp32_bytes_per_record"] == 4 * 2 * 256
     fm = res["formats"]
     # tar headers dominate tiny records; gzip and zarr must remove most of them

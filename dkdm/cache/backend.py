@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from typing import Iterator
 
 import torch
@@ -21,10 +23,57 @@ def backend_of(manifest_or_layout: dict) -> str:
     return layout.get("backend", "wds")
 
 
-def open_writer(store: Store, name: str, index: int, record: dict, layout: dict):
+def open_writer(store: Store, name: str, index: int, record: dict, layout: dict, background: bool = True):
     if layout["backend"] == "zarr":
-        return zarr_backend.ZarrShardWriter(store, name, index, record, layout)
-    return wds_backend.TarShardWriter(store, name, gz=layout.get("compression") == "gzip")
+        w = zarr_backend.ZarrShardWriter(store, name, index, record, layout)
+    else:
+        w = wds_backend.TarShardWriter(store, name, gz=layout.get("compression") == "gzip")
+    return BackgroundWriter(w) if background else w
+
+
+class BackgroundWriter:
+    """Encodes and writes records on one thread while the teacher computes the next batch (order, hence bytes, kept)."""
+
+    _DONE = object()
+
+    def __init__(self, writer, depth: int = 4):
+        self.writer = writer
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"dkdm-writer-{writer.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._q.get()) is not self._DONE:
+            if self._error is None:
+                try:
+                    self.writer.add(batch)
+                except BaseException as exc:  # handed to the caller at its next call
+                    self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def count(self) -> int:
+        return self.writer.count
+
+    def add_many(self, batches) -> None:
+        self._check()
+        for b in batches:
+            self._q.put(b)
+
+    def finish(self) -> dict:
+        self._q.put(self._DONE)
+        self._thread.join()
+        self._check()
+        return self.writer.finish()
+
+    def abort(self) -> None:
+        self._q.put(self._DONE)
+        self._thread.join()
+        self.writer.abort()
 
 
 def prepare(store: Store, record: dict, layout: dict) -> None:
