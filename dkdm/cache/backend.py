@@ -44,10 +44,10 @@ class BackgroundWriter:
         self._thread.start()
 
     def _run(self) -> None:
-        while (batch := self._q.get()) is not self._DONE:
+        while (batches := self._q.get()) is not self._DONE:
             if self._error is None:
                 try:
-                    self.writer.add(batch)
+                    self.writer.add_many(batches)
                 except BaseException as exc:  # handed to the caller at its next call
                     self._error = exc
 
@@ -61,8 +61,7 @@ class BackgroundWriter:
 
     def add_many(self, batches) -> None:
         self._check()
-        for b in batches:
-            self._q.put(b)
+        self._q.put(list(batches))  # one item per teacher batch: the teacher blocks only when `depth` batches behind
 
     def finish(self) -> dict:
         self._q.put(self._DONE)
