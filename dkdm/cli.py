@@ -16,6 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Data-free knowledge distillation of diffusion models.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and seal synthetic-data caches.")
 app.add_typer(cache_app, name="cache")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure the stages: cache writing/reading, distillation.")
+app.add_typer(bench_app, name="bench")
 
 RECIPE_HELP = "TOML recipe (path, or name in pipelines/); flags override it."
 
@@ -86,17 +88,21 @@ def generate(
     seed: Optional[int] = typer.Option(None, help="Base seed: trajectory i uses seed*2^32+i."),
     batch_size: Optional[int] = typer.Option(None, help="Trajectories walked together."),
     dtype: Optional[str] = typer.Option(None, help="Record dtype: float16 | bfloat16 | float32."),
+    format: Optional[str] = typer.Option(None, "--format", help="Shard backend: wds (tar shards) | wds-gz (gzipped tar shards) | zarr (trajectories.zarr)."),
+    prompts: Optional[str] = typer.Option(None, help="Text-conditioned teachers: file with one prompt per line."),
+    guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = none)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
-    """Walk teacher trajectories and write them to a synthetic-data cache (resumable)."""
+    """Walk teacher trajectories and write them to a synthetic-data cache (resumable, many writers)."""
     from accelerate import PartialState
 
     from .generate import generate as run
 
     r = cfgmod.load_recipe(recipe).generate
     cfg = cfgmod.override(r, teacher=teacher, out=out, trajectories=trajectories, keep=keep, shard_size=shard_size,
-                          seed=seed, batch_size=batch_size, dtype=dtype, device=device)
+                          seed=seed, batch_size=batch_size, dtype=dtype, device=device, format=format, prompts=prompts,
+                          guidance_scale=guidance_scale)
     cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, eta))
     state = PartialState(cpu=cfg.device == "cpu")
     res = run(cfg, rank=state.process_index, world=state.num_processes, progress=not quiet,
@@ -204,10 +210,13 @@ def cache_info(cache: str = typer.Argument(..., help="Cache folder or URL."), as
     if as_json:
         typer.echo(json.dumps(i, indent=2))
         return
-    typer.echo(f"cache     {i['cache']}  id {i['cache_id']}  sealed {i['sealed_at']}")
+    typer.echo(f"cache     {i['cache']}  id {i['cache_id']}  {i['backend']}  sealed {i['sealed_at']}")
     typer.echo(f"teacher   {i['teacher']['source']} ({i['teacher']['class']}, fingerprint {i['teacher']['fingerprint'][:16]}…)")
     s = i["sampler"]
     typer.echo(f"sampler   {i['scheduler']} {s['steps']} steps, eta {s['eta']}, keep {s['keep']}, seed {s['base_seed']}, {s['dtype']}")
+    if i["conditioning"]:
+        typer.echo(f"prompts   {i['conditioning']['rows']} unique, embeddings {i['conditioning']['seq']}x{i['conditioning']['dim']} "
+                   f"in {i['conditioning']['path']}, guidance {s['guidance_scale']}")
     typer.echo(f"records   {i['records']:,} from {i['trajectories']:,} trajectories in {i['shards']} shards")
     if i["bytes_per_record"]:
         typer.echo(f"bytes     {i['bytes']:,} ({i['bytes_per_record']:.0f} per record; raw fp32 {i['raw_fp32_bytes_per_record']}, "
@@ -253,6 +262,27 @@ def cache_ls(cache: str = typer.Argument(...)):
     for s in ls(cache):
         typer.echo(f"{s['file']}  traj {s['trajectories'][0]}-{s['trajectories'][1] - 1}  {s['records']} records  "
                    f"{s['bytes']} bytes  {s['sha256'][:16]}")
+
+
+@bench_app.command("cache")
+@friendly
+def bench_cache(
+    teacher: str = typer.Option("builtin:digits", help="Teacher to generate with."),
+    trajectories: int = typer.Option(256, min=1), batch_size: int = typer.Option(128, min=1),
+    steps: int = typer.Option(25, min=1, help="DDIM steps per trajectory (every step kept)."),
+    shard_size: int = typer.Option(128, min=1), dtype: str = typer.Option("float16"),
+    repeats: int = typer.Option(2, min=1, help="Runs of each measurement; the best counts."),
+    device: str = typer.Option("auto"), out: Optional[str] = typer.Option(None, help="Also write the results as JSON here."),
+):
+    """Generate vs bare teacher throughput, read records/s per backend vs the distiller, bytes per record."""
+    from .bench.cache import bench_cache as run, markdown
+    from .runtime import atomic_write_json
+
+    res = run(teacher=teacher, trajectories=trajectories, batch_size=batch_size, steps=steps, shard_size=shard_size,
+              dtype=dtype, repeats=repeats, device=device, log=typer.echo)
+    if out:
+        atomic_write_json(out, res)
+    typer.echo(markdown(res))
 
 
 def main():

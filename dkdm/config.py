@@ -69,7 +69,9 @@ class GenerateConfig:
     batch_size: int = 128
     device: str = "auto"
     dtype: str = "float16"
-    format: str = "wds"
+    format: str = "wds"  # wds | zarr
+    prompts: str = ""  # text-conditioned teachers: file with one prompt per line (trajectory i -> prompt i mod n)
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = none
 
 
 @dataclass

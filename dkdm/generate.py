@@ -8,10 +8,11 @@ import time
 import numpy as np
 import torch
 
+from .cache import backend
 from .cache import records as rec
+from .cache.embeddings import Conditioning, read_prompts
 from .cache.manifest import SHARD_DIR, make_identity, read_manifest, read_sidecars, seal, shard_name, write_manifest
 from .cache.store import Store
-from .cache.wds_backend import TarShardWriter
 from .config import GenerateConfig
 from .errors import DkdmError
 from .progress import progress_bar
@@ -50,8 +51,10 @@ def validate(cfg: GenerateConfig) -> None:
     for name in ("trajectories", "shard_size", "batch_size"):
         positive(name, getattr(cfg, name))
     positive("steps", cfg.sampler.steps)
-    if cfg.format != "wds":
-        raise DkdmError(f"unknown cache format {cfg.format!r}; available: wds")
+    if cfg.format not in backend.FORMATS:
+        raise DkdmError(f"unknown cache format {cfg.format!r}; choose one of {', '.join(backend.FORMATS)}")
+    if cfg.guidance_scale < 1.0:
+        raise DkdmError(f"--guidance-scale must be >= 1 (1 = no classifier-free guidance), got {cfg.guidance_scale}")
     if cfg.dtype not in rec.STORAGE_DTYPES:
         raise DkdmError(f"unsupported --dtype {cfg.dtype!r}; choose one of {sorted(rec.STORAGE_DTYPES)}")
 
@@ -74,8 +77,7 @@ def prepare_store(store: Store, identity: dict) -> None:
 
 def shard_is_complete(store: Store, sidecars: dict, index: int, traj_range: list[int], cid: str) -> bool:
     s = sidecars.get(index)
-    return bool(s and s.get("cache_id") == cid and s.get("trajectories") == traj_range
-                and store.exists(f"{SHARD_DIR}/{s['file']}"))
+    return bool(s and s.get("cache_id") == cid and s.get("trajectories") == traj_range and backend.data_present(store, s))
 
 
 @torch.no_grad()
@@ -90,20 +92,35 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     kept = parse_keep(cfg.keep, len(timesteps))
     shape = teacher.sample_shape
     out_ch = teacher.unet.config.out_channels
-    identity = make_identity(
-        teacher, sched,
-        sampler={"scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "eta": cfg.sampler.eta,
-                 "timestep_spacing": cfg.sampler.timestep_spacing, "guidance_scale": 1.0, "timesteps": timesteps,
-                 "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed, "seed_rule": "seed*2**32 + traj",
-                 "dtype": cfg.dtype},
-        record={"x_t": {"shape": list(shape), "dtype": cfg.dtype},
-                "target": {"shape": [out_ch, *shape[1:]], "dtype": cfg.dtype},
-                "target_kind": "eps+variance" if teacher.learned_variance else "eps",
-                "x_t_is": "model input (after scale_model_input)"},
-        layout={"backend": cfg.format, "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT},
-    )
+    cond = conditioning(teacher, cfg)
+    sampler = {"scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "eta": cfg.sampler.eta,
+               "timestep_spacing": cfg.sampler.timestep_spacing, "guidance_scale": cond.guidance_scale if cond else 1.0,
+               "timesteps": timesteps, "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed,
+               "seed_rule": "seed*2**32 + traj", "dtype": cfg.dtype}
+    if cond:
+        sampler["prompts"] = {"count": len(cond.prompts), "unique": len(cond.unique), "rule": "traj % count",
+                              "sha256": rec_sha("\n".join(cond.prompts))}
+    record = {"x_t": {"shape": list(shape), "dtype": cfg.dtype},
+              "target": {"shape": [out_ch, *shape[1:]], "dtype": cfg.dtype},
+              "target_kind": ("guided eps" if cond and cond.guidance_scale != 1.0 else "eps")
+              + ("+variance" if teacher.learned_variance else ""),
+              "x_t_is": "model input (after scale_model_input)"}
+    layout = {"backend": "zarr" if cfg.format == "zarr" else "wds", "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT}
+    if cfg.format == "wds-gz":
+        layout["compression"] = "gzip"
+    if cfg.format == "zarr":
+        layout.update(records_per_shard=cfg.shard_size * len(kept), records_total=cfg.trajectories * len(kept))
+    identity = make_identity(teacher, sched, sampler=sampler, record=record, layout=layout)
+    if cond:
+        identity["embeddings"] = cond.describe()
     store = Store(cfg.out)
-    prepare_store(store, identity)
+    # rank 0 creates the cache (manifest, array metadata, embeddings) before the others look at it
+    if rank == 0 or barrier is None:
+        _prepare(store, identity, cond)
+    if barrier is not None:
+        barrier()
+        if rank != 0:
+            _prepare(store, identity, None)
     cid = identity["cache_id"]
     n_shards = math.ceil(cfg.trajectories / cfg.shard_size)
     mine = [g for g in range(n_shards) if g % world == rank]
@@ -112,24 +129,31 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     skipped = len(mine) - len(todo)
     kept_set = set(kept)
     bar = progress_bar(sum(_range(g, cfg)[1] - _range(g, cfg)[0] for g in todo), f"generate[{rank}]", disable=not progress, unit="traj")
-    t0, n_records = time.time(), 0
+    t0, n_records, write_s = time.time(), 0, 0.0  # write_s: time in the writer (encode, compress, hash, store)
     for done, g in enumerate(todo):
         if stop_after_shards is not None and done >= stop_after_shards:
             break
         a, b = _range(g, cfg)
-        writer = TarShardWriter(store, shard_name(g))
+        writer = backend.open_writer(store, shard_name(g), g, record, layout)
         try:
             for lo in range(a, b, cfg.batch_size):
                 trajs = np.arange(lo, min(lo + cfg.batch_size, b), dtype=np.int64)
-                writer.add_many(_walk(teacher, sched, trajs, cfg, shape, kept_set, device))
+                batches = _walk(teacher, sched, trajs, cfg, shape, kept_set, device, cond)
+                tw = time.perf_counter()
+                writer.add_many(batches)
+                write_s += time.perf_counter() - tw
                 bar.update(len(trajs), records_per_s=(n_records + writer.count) / max(1e-9, time.time() - t0))
         except BaseException:
             writer.abort()
             raise
+        tw = time.perf_counter()
         info = writer.finish()
         n_records += info["records"]
-        sidecar = {**info, "index": g, "name": shard_name(g), "cache_id": cid, "trajectories": [a, b]}
+        # bits are reproducible for the same device, software and CPU thread count: record them
+        made_on = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "rank": rank, "world": world}
+        sidecar = {**info, "index": g, "name": shard_name(g), "cache_id": cid, "trajectories": [a, b], "made_on": made_on}
         store.write_bytes(f"{SHARD_DIR}/{shard_name(g)}.json", cfgmod_json(sidecar).encode())
+        write_s += time.perf_counter() - tw
     bar.close()
     seconds = time.time() - t0
     if barrier is not None:
@@ -137,8 +161,32 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     manifest = seal(store) if rank == 0 else None
     return {"cache": store.url, "cache_id": cid, "shards_written": len(todo) if stop_after_shards is None else min(len(todo), stop_after_shards),
             "shards_skipped": skipped, "records_written": n_records, "seconds": seconds,
+            "write_seconds": write_s,
             "records_per_s": n_records / seconds if seconds > 0 else 0.0,
             "total_records": manifest["totals"]["records"] if manifest else None}
+
+
+def conditioning(teacher, cfg: GenerateConfig) -> Conditioning | None:
+    if teacher.conditional and not cfg.prompts:
+        raise DkdmError(f"teacher {cfg.teacher} is text-conditioned: give --prompts FILE (one prompt per line)")
+    if not teacher.conditional:
+        if cfg.prompts:
+            raise DkdmError(f"teacher {cfg.teacher} is unconditional; drop --prompts")
+        return None
+    return Conditioning(teacher, read_prompts(cfg.prompts), cfg.guidance_scale)
+
+
+def _prepare(store: Store, identity: dict, cond: Conditioning | None) -> None:
+    prepare_store(store, identity)
+    backend.prepare(store, identity["record"], identity["layout"])
+    if cond is not None:
+        cond.write(store)
+
+
+def rec_sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def cfgmod_json(obj) -> str:
@@ -151,17 +199,20 @@ def _range(g: int, cfg: GenerateConfig) -> list[int]:
     return [g * cfg.shard_size, min((g + 1) * cfg.shard_size, cfg.trajectories)]
 
 
-def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: set, device) -> list[rec.RecordBatch]:
+def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: set, device,
+          cond: Conditioning | None = None) -> list[rec.RecordBatch]:
     """One batch of trajectories through the whole schedule; the kept steps come back as records."""
     out: list[rec.RecordBatch] = []
     n = len(trajs)
+    rows = np.array([cond.row_of(int(j)) for j in trajs], np.int64) if cond else np.full(n, -1, np.int64)
+    model = cond.model(teacher, rows, device) if cond else teacher
 
     def record(i, t, inp, model_out):
         if i in kept:
             out.append(rec.RecordBatch(
                 x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
-                t=np.full(n, t, np.int64), traj=trajs, step=np.full(n, i, np.int64), cond=np.full(n, -1, np.int64)))
+                t=np.full(n, t, np.int64), traj=trajs, step=np.full(n, i, np.int64), cond=rows))
 
     seeds = [cfg.seed * SEED_STRIDE + int(j) for j in trajs]
-    sample(teacher, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record)
+    sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record)
     return out

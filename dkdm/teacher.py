@@ -21,10 +21,16 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass
 class Teacher:
-    unet: UNet2DModel
+    unet: UNet2DModel  # or UNet2DConditionModel for text-conditioned teachers
     scheduler_config: dict  # the training scheduler's config: the noise schedule the teacher knows
     source: str
     fingerprint: str
+    text_encoder: torch.nn.Module | None = None  # conditional teachers: e.g. CLIPTextModel
+    tokenizer: object | None = None
+
+    @property
+    def conditional(self) -> bool:
+        return self.text_encoder is not None
 
     @property
     def device(self) -> torch.device:
@@ -41,20 +47,39 @@ class Teacher:
         return self.unet.config.out_channels == 2 * self.unet.config.in_channels
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Teacher output at (x, t): eps, or eps and variance channels."""
+    def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher output at (x, t[, prompt embeddings]): eps, or eps and variance channels."""
         dtype = next(self.unet.parameters()).dtype
-        if not torch.is_tensor(t):
+        if not torch.is_tensor(t) or t.dim() == 0:
             t = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+        if self.conditional:
+            if cond is None:
+                raise DkdmError(f"teacher {self.source} is text-conditioned: give prompts (--prompts FILE)")
+            return self.unet(x.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.float()
         return self.unet(x.to(dtype), t).sample.float()
 
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings [n, seq, dim] float32, attention mask [n, seq]) as the pipeline would compute them."""
+        if not self.conditional:
+            raise DkdmError(f"teacher {self.source} is unconditional; it takes no prompts")
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        dev = next(self.text_encoder.parameters()).device
+        emb = self.text_encoder(tok.input_ids.to(dev))[0]
+        return emb.float().cpu(), tok.attention_mask.cpu()
+
     def describe(self) -> dict:
-        return {
+        d = {
             "source": self.source,
             "class": type(self.unet).__name__,
             "config": {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")},
             "fingerprint": self.fingerprint,
         }
+        if self.conditional:
+            d["text_encoder"] = {"class": type(self.text_encoder).__name__, "config": self.text_encoder.config.to_dict()}
+            d["tokenizer"] = {"class": type(self.tokenizer).__name__, "model_max_length": self.tokenizer.model_max_length}
+        return d
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -73,12 +98,35 @@ def _scheduler_config_from(folder_or_id: str, subfolder: str | None) -> dict:
     return dict(sched.config)
 
 
+def _unet_class(folder: Path):
+    """UNet2DModel, or the class the folder's config names (UNet2DConditionModel for text-to-image)."""
+    try:
+        name = json.loads((folder / "config.json").read_text()).get("_class_name", "UNet2DModel")
+    except (OSError, json.JSONDecodeError):
+        return UNet2DModel
+    if name not in ("UNet2DModel", "UNet2DConditionModel"):
+        raise DkdmError(f"teacher {folder} is a {name}; dkdm supports UNet2DModel and UNet2DConditionModel teachers")
+    return getattr(diffusers, name)
+
+
+def load_text_parts(path: Path):
+    """A conditional pipeline folder's text_encoder/ and tokenizer/ (transformers classes named in their configs)."""
+    import transformers
+
+    cfg = json.loads((path / "text_encoder" / "config.json").read_text())
+    enc_cls = getattr(transformers, (cfg.get("architectures") or ["CLIPTextModel"])[0])
+    encoder = enc_cls.from_pretrained(path / "text_encoder")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path / "tokenizer")
+    return encoder, tokenizer
+
+
 def _load_from(where: str) -> tuple[UNet2DModel, dict]:
     """Pipeline layout (unet/, scheduler/) first, then a flat model repo (config.json at the root)."""
     path = Path(where)
     if path.is_dir():
         if (path / "unet").is_dir():
-            return UNet2DModel.from_pretrained(where, subfolder="unet"), _read_scheduler(path / "scheduler")
+            cls = _unet_class(path / "unet")
+            return cls.from_pretrained(where, subfolder="unet"), _read_scheduler(path / "scheduler")
         if (path / "config.json").is_file():
             return UNet2DModel.from_pretrained(where), _read_scheduler(path)
         raise DkdmError(f"teacher folder {where} has neither unet/ (pipeline layout) nor config.json (model layout)")
@@ -119,10 +167,20 @@ def resolve_source(source: str) -> str:
 
 
 def load_teacher(source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Teacher:
-    unet, sched_cfg = _load_from(resolve_source(source))
-    fp = fingerprint(unet)
+    where = resolve_source(source)
+    unet, sched_cfg = _load_from(where)
+    encoder = tokenizer = None
+    if type(unet).__name__ == "UNet2DConditionModel":
+        if not (Path(where) / "text_encoder").is_dir() or not (Path(where) / "tokenizer").is_dir():
+            raise DkdmError(f"conditional teacher {source} needs text_encoder/ and tokenizer/ folders next to unet/")
+        encoder, tokenizer = load_text_parts(Path(where))
+        # one id over both networks: a different text encoder makes different records
+        fp = fingerprint(torch.nn.ModuleDict({"unet": unet, "text_encoder": encoder}))
+        encoder = encoder.to(device).eval().requires_grad_(False)
+    else:
+        fp = fingerprint(unet)
     unet = unet.to(device)
     if dtype != torch.float32:
         unet = unet.to(dtype=dtype)
     unet = unet.eval().requires_grad_(False)
-    return Teacher(unet=unet, scheduler_config=sched_cfg, source=source, fingerprint=fp)
+    return Teacher(unet=unet, scheduler_config=sched_cfg, source=source, fingerprint=fp, text_encoder=encoder, tokenizer=tokenizer)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-
-from ..errors import DkdmError
-from .manifest import SHARD_DIR, read_manifest, read_sidecars
+from .backend import backend_of, check_shard, data_present
+from .manifest import read_manifest, read_sidecars
 from .store import Store
-from .wds_backend import iter_shard_records
 
 
 def info(url: str) -> dict:
@@ -20,7 +17,7 @@ def info(url: str) -> dict:
         "cache_id": m["cache_id"],
         "teacher": {k: m["teacher"][k] for k in ("source", "class", "fingerprint")},
         "scheduler": m["scheduler"]["class"],
-        "sampler": {k: m["sampler"][k] for k in ("scheduler", "steps", "eta", "keep", "base_seed", "dtype")},
+        "sampler": {k: m["sampler"][k] for k in ("scheduler", "steps", "eta", "keep", "base_seed", "dtype", "guidance_scale") if k in m["sampler"]},
         "record": m["record"],
         "shards": tot.get("shards", 0),
         "records": tot.get("records", 0),
@@ -29,6 +26,8 @@ def info(url: str) -> dict:
         "bytes_per_record": tot["bytes"] / tot["records"] if tot.get("records") else None,
         "raw_fp32_bytes_per_record": raw,
         "t_hist": tot.get("t_hist", {}),
+        "backend": backend_of(m),
+        "conditioning": m.get("embeddings"),
         "sealed_at": m.get("sealed_at"),
     }
 
@@ -41,34 +40,16 @@ def _numel(shape) -> int:
 
 
 def verify(url: str, deep: bool = False) -> list[str]:
-    """Problems found (empty = intact): sha256, size and record count of every shard in the manifest."""
+    """Problems found (empty = intact): sha256, size (and with deep, record count) of every shard in the manifest."""
     store = Store(url)
     m = read_manifest(store)
-    problems = []
+    problems = [p for s in m.get("shards", []) if (p := check_shard(store, s, deep=deep))]
     listed = {s["file"] for s in m.get("shards", [])}
-    for s in m.get("shards", []):
-        rel = f"{SHARD_DIR}/{s['file']}"
-        if not store.exists(rel):
-            problems.append(f"{s['file']}: missing")
-            continue
-        data = store.read_bytes(rel)
-        if len(data) != s["bytes"]:
-            problems.append(f"{s['file']}: {len(data)} bytes, manifest says {s['bytes']} (truncated or replaced)")
-            continue
-        if hashlib.sha256(data).hexdigest() != s["sha256"]:
-            problems.append(f"{s['file']}: sha256 mismatch (corrupt or tampered)")
-            continue
-        if deep:
-            try:
-                n = sum(1 for _ in iter_shard_records(data, s["file"]))
-            except DkdmError as exc:
-                problems.append(f"{s['file']}: {exc}")
-                continue
-            if n != s["records"]:
-                problems.append(f"{s['file']}: {n} records, manifest says {s['records']}")
     for sc in read_sidecars(store):
-        if sc["file"] not in listed and store.exists(f"{SHARD_DIR}/{sc['file']}"):
+        if sc["file"] not in listed and data_present(store, sc):
             problems.append(f"{sc['file']}: complete shard not in the manifest (run `dkdm cache seal`)")
+    if m.get("embeddings") and not store.exists(m["embeddings"]["path"]):
+        problems.append(f"{m['embeddings']['path']}: missing (conditioning embeddings the records refer to)")
     return problems
 
 

@@ -90,9 +90,12 @@ def seal(store: Store, identity: dict | None = None) -> dict:
         if s.get("cache_id") != identity["cache_id"]:
             raise DkdmError(f"shard {s.get('name')} in {store.url} belongs to cache {s.get('cache_id')}, not {identity['cache_id']}: "
                             "it was generated with another teacher or settings; remove it or use another --out")
-    complete = [s for s in shards if store.exists(f"{SHARD_DIR}/{s['file']}")]
+    from .backend import data_present  # backend imports this module
+
+    complete = [s for s in shards if data_present(store, s)]
     manifest = dict(identity)
-    manifest["shards"] = [{k: s[k] for k in ("index", "name", "file", "records", "bytes", "sha256", "trajectories")} for s in complete]
+    keys = ("index", "name", "file", "records", "bytes", "sha256", "trajectories", "files", "rows")
+    manifest["shards"] = [{k: s[k] for k in keys if k in s} for s in complete]
     hist: dict[str, int] = {}
     for s in complete:
         for t, n in s.get("t_hist", {}).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 from typing import Iterator
@@ -11,10 +12,10 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import DkdmError
-from . import records as rec
+from . import backend
 from .manifest import check_expected, read_manifest
 from .store import Store
-from .wds_backend import iter_shard_records, read_verified, shard_order
+from .wds_backend import shard_order
 
 
 class CacheReader:
@@ -33,15 +34,19 @@ class CacheReader:
         return self.manifest["totals"]["records"]
 
     def records(self, shard: dict, on_bad: str = "error") -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
+        """(x_t, t, target) of one shard, after its bytes matched the manifest; on_bad='skip' warns and yields nothing."""
+        it = backend.records(self.store, shard, self.dtype)
         try:
-            data = read_verified(self.store, shard)
+            first = next(it, None)  # the integrity check runs before the first record
         except DkdmError as exc:
             if on_bad == "skip":
                 warnings.warn(f"skipping bad shard: {exc}")
                 return
             raise
-        for x, target, meta in iter_shard_records(data, f"{self.store.url}/{shard['file']}"):
-            yield rec.from_storage(x, self.dtype), meta["t"], rec.from_storage(target, self.dtype)
+        if first is None:
+            return
+        for x, t, target, _ in itertools.chain([first], it):
+            yield x, t, target
 
     def dataset(self, **kw) -> "CacheStream":
         return CacheStream(self, **kw)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
 import random
 import tarfile
+import zlib
 from collections import Counter
 from typing import Iterator
 
@@ -19,15 +21,19 @@ from .manifest import SHARD_DIR
 from .store import Store
 
 SUFFIX = ".tar"
+GZ_SUFFIX = ".tar.gz"  # `--format wds-gz`: plain webdataset reads it too (tarfile mode "r|*")
 
 
 class TarShardWriter:
     """Writes records to a temp file; `finish` moves it into place and returns its sidecar facts."""
 
-    def __init__(self, store: Store, name: str):
+    def __init__(self, store: Store, name: str, gz: bool = False):
         self.store, self.name = store, name
-        self.tmp = store.temp_file(SHARD_DIR, SUFFIX)
-        self._fh = open(self.tmp, "wb")
+        self.suffix = GZ_SUFFIX if gz else SUFFIX
+        self.tmp = store.temp_file(SHARD_DIR, self.suffix)
+        self._raw = open(self.tmp, "wb")
+        # gzip header without file name or time, so equal records still give equal bytes
+        self._fh = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=6) if gz else self._raw
         # mtime fixed and sorted members: the same records give the same bytes (and sha256)
         self._tar = wds.TarWriter(self._fh, encoder=False, mtime=0, user="dkdm", group="dkdm")
         self.count = 0
@@ -46,18 +52,19 @@ class TarShardWriter:
     def finish(self) -> dict:
         self._tar.close()
         self._fh.close()
+        self._raw.close()
         h = hashlib.sha256()
         with open(self.tmp, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
         size = os.path.getsize(self.tmp)
-        self.store.put_file(self.tmp, f"{SHARD_DIR}/{self.name}{SUFFIX}")
-        return {"file": self.name + SUFFIX, "records": self.count, "bytes": size, "sha256": h.hexdigest(),
+        self.store.put_file(self.tmp, f"{SHARD_DIR}/{self.name}{self.suffix}")
+        return {"file": self.name + self.suffix, "records": self.count, "bytes": size, "sha256": h.hexdigest(),
                 "t_hist": {str(k): v for k, v in sorted(self.t_hist.items(), reverse=True)}}
 
     def abort(self) -> None:
         try:
-            self._fh.close()
+            self._raw.close()
         finally:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
@@ -82,7 +89,7 @@ def iter_shard_records(data: bytes, where: str) -> Iterator[tuple]:
         samples = group_by_keys(tar_file_expander([{"url": where, "stream": io.BytesIO(data)}]))
         for sample in samples:
             yield rec.decode(sample, where)
-    except (tarfile.TarError, ValueError, KeyError) as exc:
+    except (tarfile.TarError, ValueError, KeyError, OSError, EOFError, zlib.error) as exc:
         raise DkdmError(f"shard {where} cannot be read as a dkdm tar shard: {exc}") from exc
 
 

@@ -1,0 +1,132 @@
+"""One interface over both shard backends: open a writer, check, verify and read a shard."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from typing import Iterator
+
+import torch
+
+from ..errors import DkdmError
+from . import records as rec
+from . import wds_backend, zarr_backend
+from .manifest import SHARD_DIR
+from .store import Store
+
+FORMATS = ("wds", "wds-gz", "zarr")  # --format; wds-gz is the wds backend with gzip-compressed tar shards
+
+
+def backend_of(manifest_or_layout: dict) -> str:
+    layout = manifest_or_layout.get("layout", manifest_or_layout)
+    return layout.get("backend", "wds")
+
+
+def open_writer(store: Store, name: str, index: int, record: dict, layout: dict, background: bool = True):
+    if layout["backend"] == "zarr":
+        w = zarr_backend.ZarrShardWriter(store, name, index, record, layout)
+    else:
+        w = wds_backend.TarShardWriter(store, name, gz=layout.get("compression") == "gzip")
+    return BackgroundWriter(w) if background else w
+
+
+class BackgroundWriter:
+    """Encodes and writes records on one thread while the teacher computes the next batch (order, hence bytes, kept)."""
+
+    _DONE = object()
+
+    def __init__(self, writer, depth: int = 4):
+        self.writer = writer
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"dkdm-writer-{writer.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batches := self._q.get()) is not self._DONE:
+            if self._error is None:
+                try:
+                    self.writer.add_many(batches)
+                except BaseException as exc:  # handed to the caller at its next call
+                    self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def count(self) -> int:
+        return self.writer.count
+
+    def add_many(self, batches) -> None:
+        self._check()
+        self._q.put(list(batches))  # one item per teacher batch: the teacher blocks only when `depth` batches behind
+
+    def finish(self) -> dict:
+        self._q.put(self._DONE)
+        self._thread.join()
+        self._check()
+        return self.writer.finish()
+
+    def abort(self) -> None:
+        self._q.put(self._DONE)
+        self._thread.join()
+        self.writer.abort()
+
+
+def prepare(store: Store, record: dict, layout: dict) -> None:
+    if layout["backend"] == "zarr":
+        zarr_backend.create_arrays(store, record, layout)
+
+
+def data_present(store: Store, shard: dict) -> bool:
+    """The data files a sidecar or manifest entry names all exist (a sidecar alone proves nothing)."""
+    if "files" in shard:
+        return all(store.exists(rel) for rel in shard["files"])
+    return store.exists(f"{SHARD_DIR}/{shard['file']}")
+
+
+def check_shard(store: Store, shard: dict, deep: bool = False) -> str | None:
+    """None when the shard matches the manifest (size, sha256; with deep, every record decodes), else the problem."""
+    if "files" in shard:
+        problem = zarr_backend.verify_files(store, shard)
+        if problem or not deep:
+            return problem
+    else:
+        rel = f"{SHARD_DIR}/{shard['file']}"
+        if not store.exists(rel):
+            return f"{shard['file']}: missing"
+        data = store.read_bytes(rel)
+        if len(data) != shard["bytes"]:
+            return f"{shard['file']}: {len(data)} bytes, manifest says {shard['bytes']} (truncated or replaced)"
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            return f"{shard['file']}: sha256 mismatch (corrupt or tampered)"
+        if not deep:
+            return None
+    try:
+        n = sum(1 for _ in raw_records(store, shard, verified=True))
+    except DkdmError as exc:
+        return f"{shard['file']}: {exc}"
+    if n != shard["records"]:
+        return f"{shard['file']}: {n} records, manifest says {shard['records']}"
+    return None
+
+
+def raw_records(store: Store, shard: dict, verified: bool = False) -> Iterator[tuple]:
+    """(x_t, target, meta) in storage dtype; the shard's bytes are checked against the manifest first."""
+    where = f"{store.url}/{shard['file']}"
+    if "files" in shard:
+        if not verified:
+            problem = zarr_backend.verify_files(store, shard)
+            if problem:
+                raise DkdmError(f"shard {problem} in {store.url}; run `dkdm cache verify`")
+        yield from zarr_backend.iter_shard_records(zarr_backend.read_shard(store, shard), where)
+    else:
+        data = wds_backend.read_verified(store, shard)
+        yield from wds_backend.iter_shard_records(data, where)
+
+
+def records(store: Store, shard: dict, dtype: str) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, dict]]:
+    for x, target, meta in raw_records(store, shard):
+        yield rec.from_storage(x, dtype), meta["t"], rec.from_storage(target, dtype), meta

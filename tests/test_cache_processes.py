@@ -1,0 +1,84 @@
+"""Real processes: two accelerate ranks fill one cache; a writer killed with SIGKILL resumes exactly."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from dkdm.cache import backend
+from dkdm.cache.inspect import verify
+from dkdm.cache.manifest import read_manifest
+from dkdm.cache.reader import CacheReader
+from dkdm.cache.store import Store
+
+from dkdm.generate import generate
+
+from conftest import gen_cfg, run_cli
+
+GEN = ["--trajectories", "12", "--shard-size", "4", "--batch-size", "4", "--steps", "5", "--device", "cpu", "--quiet"]
+
+
+def shard_hashes(cache):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((cache / "shards").glob("traj-*.tar"))}
+
+
+def test_two_processes_fill_one_cache(tiny_teacher, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): each rank writes its shards, rank 0 seals;
+    the shards are bit-identical to a single writer's at the same CPU thread count (1 per rank here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU kernels may round differently with another thread count
+    try:
+        generate(gen_cfg(tiny_teacher, tmp_path / "one"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "c"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "dkdm.cli", "generate", "--teacher", str(tiny_teacher), "--out", str(out), *GEN]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # rank 0 owns shards 0 and 2, rank 1 owns shard 1: rank 0 reports its own two
+    assert "wrote 2 shards" in res.stdout and "60 records in total" in res.stdout
+    m = read_manifest(Store(out))
+    assert m["totals"]["records"] == 60 and [s["index"] for s in m["shards"]] == [0, 1, 2]
+    assert shard_hashes(out) == shard_hashes(tmp_path / "one")
+    assert verify(str(out)) == []
+
+
+def test_kill_9_then_resume(tiny_teacher, tmp_path):
+    """SIGKILL a zarr writer after its first complete shard; re-running finishes with every record exactly once."""
+    out = tmp_path / "c"
+    args = ["generate", "--teacher", str(tiny_teacher), "--out", str(out), "--format", "zarr",
+            "--trajectories", "16", "--shard-size", "2", "--batch-size", "2", "--steps", "5", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dkdm.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not list((out / "shards").glob("traj-*.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
+    done_before = len(list((out / "shards").glob("traj-*.json")))
+    assert 1 <= done_before < 8
+    assert read_manifest(Store(out))["totals"]["records"] == 0  # never sealed: nothing is advertised yet
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"skipped {done_before} complete" in res.stdout
+    m = read_manifest(Store(out))
+    assert m["totals"]["records"] == 16 * 5 and m["totals"]["shards"] == 8
+    keys = []
+    r = CacheReader(str(out))
+    for shard in m["shards"]:
+        keys += [(meta["traj"], meta["step"]) for _, _, meta in backend.raw_records(r.store, shard)]
+    assert len(keys) == len(set(keys)) == 80
+    assert sorted({k[0] for k in keys}) == list(range(16))
+    assert verify(str(out), deep=True) == []
+    assert np.unique([k[1] for k in keys], return_counts=True)[1].tolist() == [16] * 5
