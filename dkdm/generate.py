@@ -17,11 +17,10 @@ from .config import GenerateConfig
 from .errors import DkdmError
 from .progress import progress_bar
 from .runtime import pick_device, positive
-from .sampling import sample
+from .sampling import SEED_RULE, sample, trajectory_seed
 from .schedulers import make_scheduler
 from .teacher import load_teacher
 
-SEED_STRIDE = 2**32  # trajectory i of base seed s draws its noise from seed s*2^32 + i
 
 
 def parse_keep(spec: str, steps: int) -> list[int]:
@@ -96,7 +95,7 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     sampler = {"scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "eta": cfg.sampler.eta,
                "timestep_spacing": cfg.sampler.timestep_spacing, "guidance_scale": cond.guidance_scale if cond else 1.0,
                "timesteps": timesteps, "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed,
-               "seed_rule": "seed*2**32 + traj", "dtype": cfg.dtype}
+               "seed_rule": SEED_RULE, "dtype": cfg.dtype}
     if cond:
         sampler["prompts"] = {"count": len(cond.prompts), "unique": len(cond.unique), "rule": "traj % count",
                               "sha256": rec_sha("\n".join(cond.prompts))}
@@ -213,6 +212,6 @@ def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: s
                 x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
                 t=np.full(n, t, np.int64), traj=trajs, step=np.full(n, i, np.int64), cond=rows))
 
-    seeds = [cfg.seed * SEED_STRIDE + int(j) for j in trajs]
+    seeds = [trajectory_seed(cfg.seed, j) for j in trajs]
     sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record)
     return out

@@ -13,6 +13,17 @@ from . import schedulers
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
+# torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so base seeds cannot be a high
+# word: seed*2**32 + traj would give every base seed the same trajectories. Spread bases by a
+# golden-ratio multiplier instead; base 0 keeps seed == trajectory id.
+SEED_MULTIPLIER = 0x9E3779B1
+SEED_RULE = "(traj + base_seed * 0x9E3779B1) mod 2**32"
+
+
+def trajectory_seed(base_seed: int, traj: int) -> int:
+    return (int(traj) + int(base_seed) * SEED_MULTIPLIER) % 2**32
+
+
 def generators_for(seeds, device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One generator per sample: a seed names an image regardless of which batch it lands in."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]

@@ -12,7 +12,8 @@ from ..cache.inspect import info
 from ..cache.reader import CacheReader
 from ..errors import DkdmError
 from ..config import GenerateConfig, SamplerConfig, UNetSpec
-from ..generate import SEED_STRIDE, generate
+from ..generate import generate
+from ..sampling import trajectory_seed
 from ..runtime import pick_device, positive
 from ..sampling import sample
 from ..schedulers import make_scheduler
@@ -33,7 +34,7 @@ def bare_sampling(teacher, sampler: SamplerConfig, trajectories: int, batch_size
     sched = make_scheduler(sampler, teacher.scheduler_config)
     t0 = time.perf_counter()
     for lo in range(0, trajectories, batch_size):
-        seeds = [seed * SEED_STRIDE + j for j in range(lo, min(lo + batch_size, trajectories))]
+        seeds = [trajectory_seed(seed, j) for j in range(lo, min(lo + batch_size, trajectories))]
         sample(teacher, sched, seeds, teacher.sample_shape, eta=sampler.eta, device=device)
     _sync(device)
     return time.perf_counter() - t0
