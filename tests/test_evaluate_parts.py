@@ -87,3 +87,20 @@ def test_pareto_front_and_cheapest_setting():
     front = pareto_front(pts)
     assert [(p["scheduler"], p["steps"], p["model"]) for p in front] == [("dpm++", 5, "s"), ("ddim", 50, "s"), ("ddim", 50, "t")]
     assert cheapest_reaching(pts, 12.5)["model"] == "s" and cheapest_reaching(pts, 5.0) is None
+
+
+def test_reference_from_webdataset_shards(tmp_path, digits_feats):
+    import io
+
+    import webdataset as wds
+
+    x, _ = load_digits_images(16)
+    with wds.TarWriter(str(tmp_path / "real-000000.tar")) as sink:
+        for i in range(40):
+            buf = io.BytesIO()
+            Image.fromarray(((x[i, 0].numpy() + 1) * 127.5).round().astype(np.uint8)).save(buf, format="PNG")
+            sink.write({"__key__": f"{i:06d}", "png": buf.getvalue(), "cls": str(i % 10).encode()})
+    ref = real_reference(str(tmp_path / "real-000000.tar"), digits_feats, (1, 16, 16), str(tmp_path / "cache"),
+                         limit=30, progress=False)
+    assert ref.kind == "wds" and ref.n == 30
+    assert abs(ref.fid(digits_feats(x[:30]))) < 0.5
