@@ -104,3 +104,16 @@ def test_reference_from_webdataset_shards(tmp_path, digits_feats):
                          limit=30, progress=False)
     assert ref.kind == "wds" and ref.n == 30
     assert abs(ref.fid(digits_feats(x[:30]))) < 0.5
+
+
+def test_sweep_scheduler_avoids_a_start_at_zero_alpha_bar():
+    from diffusers import DDPMScheduler
+
+    from dkdm.evaluate.sweep import scheduler_for
+
+    cos = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config)
+    sched, spacing = scheduler_for("dpm++", 10, "trailing", cos)
+    assert spacing == "leading" and int(sched.timesteps[0]) == 900
+    assert scheduler_for("ddim", 10, "trailing", cos)[1] == "trailing"  # DDIM predicts x0 directly: fine at t=999
+    linear = dict(DDPMScheduler(beta_schedule="linear").config)
+    assert scheduler_for("euler", 10, "trailing", linear)[1] == "trailing"

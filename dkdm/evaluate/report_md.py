@@ -69,10 +69,12 @@ def render_markdown(report: dict) -> str:
         L += ["", "## Sweep: scheduler × steps", "",
               f"{sw['samples']} samples per point (seeds {sw['seeds'][0]}..{sw['seeds'][1]}), batch {sw['batch_size']}; "
               "FID against the same reference (fewer samples than above, so FIDs are higher: compare within this table). "
-              "Time: median over batches of the sampling time per image.", "",
-              "| model | scheduler | steps | FID ↓ | KID ↓ | ms/image | J/image |", "|---|---|---:|---:|---:|---:|---:|"]
+              "Time: median over batches of the sampling time per image. DPM-Solver++ and Euler use 'leading' spacing "
+              "when the first 'trailing' timestep has alpha_bar ~ 0 (this teacher's squaredcos_cap_v2 schedule at t=999), "
+              "where they diverge.", "",
+              "| model | scheduler | steps | spacing | FID ↓ | KID ↓ | ms/image | J/image |", "|---|---|---:|---|---:|---:|---:|---:|"]
         for p in sw["points"]:
-            L.append(f"| {p['model']} | {p['scheduler']} | {p['steps']} | {p['fid']:.2f} | {_f(p['kid'], '.4f')} | "
+            L.append(f"| {p['model']} | {p['scheduler']} | {p['steps']} | {p['timestep_spacing']} | {p['fid']:.2f} | {_f(p['kid'], '.4f')} | "
                      f"{1000 * p['seconds_per_image']:.2f} | {_f(p['joules_per_image'], '.4g', 'unavailable')} |")
         L += ["", "### Pareto front (quality vs time)", "", "| model | scheduler | steps | FID | ms/image |", "|---|---|---:|---:|---:|"]
         for p in sw["pareto_time"]:

@@ -14,6 +14,16 @@ from .features import extract
 from .speed import Timer
 
 
+def scheduler_for(kind: str, steps: int, spacing: str, sched_config: dict):
+    """make_scheduler, but DPM-Solver++ and Euler start from 'leading' spacing when the first timestep has
+    alpha_bar < 1e-6 (squaredcos_cap_v2 at t=999: 2.4e-9, sigma ~ 2e4, every sample diverges; linear: 4e-5, fine); returns (sched, spacing)."""
+    sched = make_scheduler(SamplerConfig(scheduler=kind, steps=steps, timestep_spacing=spacing), sched_config)
+    if kind in ("dpm++", "euler") and float(sched.alphas_cumprod[int(sched.timesteps[0])]) < 1e-6:
+        spacing = "leading"
+        sched = make_scheduler(SamplerConfig(scheduler=kind, steps=steps, timestep_spacing=spacing), sched_config)
+    return sched, spacing
+
+
 def run_sweep(models: dict, sched_config: dict, schedulers: list[str], steps_list: list[int], seeds, shape,
               batch_size: int, extractor, reference, counter=None, timestep_spacing: str = "trailing",
               device="cpu", progress: bool = True) -> list[dict]:
@@ -27,7 +37,7 @@ def run_sweep(models: dict, sched_config: dict, schedulers: list[str], steps_lis
         sample(fn, warm, seeds[:batch_size], shape, device=device)  # warm-up: first-call allocations out of the timings
         for kind in schedulers:
             for steps in steps_list:
-                sched = make_scheduler(SamplerConfig(scheduler=kind, steps=steps, timestep_spacing=timestep_spacing), sched_config)
+                sched, spacing = scheduler_for(kind, steps, timestep_spacing, sched_config)
                 imgs, per_image = [], []
                 token = counter.start() if counter else None
                 for i in range(0, len(seeds), batch_size):
@@ -40,7 +50,7 @@ def run_sweep(models: dict, sched_config: dict, schedulers: list[str], steps_lis
                 joules = counter.stop(token) if counter else None
                 feats = extract(extractor, torch.cat(imgs), f"{name} {kind}-{steps}", progress=False)
                 points.append({
-                    "model": name, "scheduler": kind, "steps": steps, "n": len(seeds),
+                    "model": name, "scheduler": kind, "steps": steps, "timestep_spacing": spacing, "n": len(seeds),
                     "fid": reference.fid(feats), "kid": reference.kid(feats),
                     "seconds_per_image": statistics.median(per_image),
                     "joules_per_image": joules / len(seeds) if joules is not None else None,
