@@ -144,6 +144,19 @@ def distill(
     typer.echo(f"student saved to {cfg.out}/student  final loss {res['final_loss']:.4f}  {res['records_per_s']:.0f} records/s")
 
 
+def _ints(text: Optional[str], what: str) -> Optional[list]:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DkdmError(f"{what} must be comma-separated integers, got {text!r}")
+
+
+def _names(text: Optional[str]) -> Optional[list]:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
 @app.command()
 @friendly
 def evaluate(
@@ -157,14 +170,28 @@ def evaluate(
     scheduler: Optional[str] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     device: Optional[str] = typer.Option(None),
+    reference: Optional[str] = typer.Option(None, help="auto | digits | teacher | image folder | webdataset .tar/URL | stats .npz"),
+    features: Optional[str] = typer.Option(None, help="auto | digits | inception | package.module:factory"),
+    inception: Optional[str] = typer.Option(None, envvar="DKDM_INCEPTION",
+                                            help="clean-fid's inception-2015-12-05.pt (sha256-checked); env DKDM_INCEPTION."),
+    cache_root: Optional[str] = typer.Option(None, help="Where reference statistics are cached (default ./cache)."),
+    speed_batch_sizes: Optional[str] = typer.Option(None, help="images/s at these batch sizes, e.g. 1,16,128."),
+    sweep_schedulers: Optional[str] = typer.Option(None, help="Sweep these schedulers, e.g. ddpm,ddim,dpm++,euler."),
+    sweep_steps: Optional[str] = typer.Option(None, help="Sweep these step counts, e.g. 5,10,25."),
+    sweep_samples: Optional[int] = typer.Option(None, help="Samples per sweep point."),
+    target_fid: Optional[float] = typer.Option(None, help="Quality target for the cheapest-setting answer."),
     quiet: bool = typer.Option(False),
 ):
-    """Compare teacher and students: FID/KID, images/s, latency, params, FLOPs; report + PNGs."""
+    """Compare teacher and students: FID/KID, fidelity, speed, energy, sweeps; report.json, report.md, PNGs."""
     from .evaluate.run import evaluate as run
 
     r = cfgmod.load_recipe(recipe).evaluate
     cfg = cfgmod.override(r, students=list(student), teacher=teacher, out=out, num_samples=num_samples,
-                          batch_size=batch_size, seed=seed, device=device)
+                          batch_size=batch_size, seed=seed, device=device, reference=reference, features=features,
+                          inception=inception, cache_root=cache_root,
+                          speed_batch_sizes=_ints(speed_batch_sizes, "--speed-batch-sizes"),
+                          sweep_schedulers=_names(sweep_schedulers), sweep_steps=_ints(sweep_steps, "--sweep-steps"),
+                          sweep_samples=sweep_samples, target_fid=target_fid)
     cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, None))
     report = run(cfg, progress=not quiet)
     print_table(report)
@@ -195,7 +222,7 @@ def print_table(report: dict) -> None:
         table.add_column(col, justify="right" if col != "model" else "left")
     t_ips = report["teacher"]["images_per_s"]
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
-        table.add_row(name, f"{r['fid']:.2f}", f"{r['kid']:.4f}", f"{r['images_per_s']:.1f}",
+        table.add_row(name, f"{r['fid']:.2f}", "n/a" if r["kid"] is None else f"{r['kid']:.4f}", f"{r['images_per_s']:.1f}",
                       f"{r['images_per_s'] / t_ips:.2f}x", f"{r['params']:,}", f"{r['flops_per_image'] / 1e9:.3f}")
     Console().print(table)
 

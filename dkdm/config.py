@@ -108,6 +108,18 @@ class EvaluateConfig:
     seed: int = 10_000  # sample seeds start here, apart from the cache's trajectory seeds
     speed_repeats: int = 5
     device: str = "auto"
+    reference: str = "auto"  # auto (digits for 1x16x16 teachers, else teacher) | digits | teacher | folder | .tar/URL | .npz
+    reference_limit: int = 0  # at most this many real images (0 = all)
+    features: str = "auto"  # auto | digits | inception | package.module:factory
+    inception: str = ""  # path to clean-fid's inception-2015-12-05.pt (else $DKDM_INCEPTION)
+    cache_root: str = "cache"  # reference statistics are cached in CACHE_ROOT/reference-stats/
+    speed_batch_sizes: list[int] = field(default_factory=list)  # images/s at each; empty = [batch_size]
+    sweep_schedulers: list[str] = field(default_factory=list)  # e.g. ["ddpm", "ddim", "dpm++", "euler"]; empty = no sweep
+    sweep_steps: list[int] = field(default_factory=list)
+    sweep_samples: int = 256
+    target_fid: float = 0.0  # cheapest setting reaching it; 0 = 1.25 x the teacher's FID at the main setting
+    embeddings: bool = True  # PCA and t-SNE of real/teacher/student features
+    embedding_points: int = 400  # per group
 
 
 @dataclass

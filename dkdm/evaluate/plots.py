@@ -1,0 +1,104 @@
+"""The report's PNGs (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..runtime import atomic_write_bytes  # noqa: E402
+
+MARKERS = {"ddpm": "o", "ddim": "s", "dpm++": "^", "euler": "D"}
+STYLES = {"ddpm": ":", "ddim": "-", "dpm++": "--", "euler": "-."}
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _colors(models):
+    cmap = plt.get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(models)}
+
+
+def quality_vs_steps(points: list[dict], path: Path, quality: str = "fid") -> None:
+    models = list(dict.fromkeys(p["model"] for p in points))
+    col = _colors(models)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m in models:
+        for s in dict.fromkeys(p["scheduler"] for p in points):
+            pts = sorted((p for p in points if p["model"] == m and p["scheduler"] == s), key=lambda p: p["steps"])
+            if pts:
+                ax.plot([p["steps"] for p in pts], [p[quality] for p in pts], STYLES.get(s, "-"), marker=MARKERS.get(s, "o"),
+                        color=col[m], label=f"{m} · {s}")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({p["steps"] for p in points}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(f"{quality.upper()} ↓")
+    ax.set_title("quality vs sampling steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def pareto(points: list[dict], front: list[dict], path: Path, cost: str, cost_label: str, target: float | None = None) -> None:
+    models = list(dict.fromkeys(p["model"] for p in points))
+    col = _colors(models)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for p in points:
+        ax.scatter(p[cost], p["fid"], color=col[p["model"]], marker=MARKERS.get(p["scheduler"], "o"), s=28, alpha=0.8)
+    ax.plot([p[cost] for p in front], [p["fid"] for p in front], "k-", lw=1, alpha=0.6, label="Pareto front")
+    for p in front:
+        ax.annotate(f"{p['model']} {p['scheduler']}-{p['steps']}", (p[cost], p["fid"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    if target:
+        ax.axhline(target, color="grey", ls=":", lw=1, label=f"target FID {target:.1f}")
+    for m in models:
+        ax.scatter([], [], color=col[m], label=m)
+    for s, mk in MARKERS.items():
+        if any(p["scheduler"] == s for p in points):
+            ax.scatter([], [], color="grey", marker=mk, label=s)
+    ax.set_xscale("log")
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel("FID ↓")
+    ax.set_title("quality vs cost: every (model, scheduler, steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def embedding(emb: dict, key: str, path: Path, title: str) -> None:
+    labels = np.array(emb["labels"])
+    xy = np.asarray(emb[key])
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    col = _colors(list(dict.fromkeys(emb["labels"])))
+    for name in dict.fromkeys(emb["labels"]):
+        sel = labels == name
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.6, color=col[name], label=f"{name} ({sel.sum()})")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=2)
+    _save(fig, path)
+
+
+def paired_hist(per_student: dict[str, list[float]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    allv = np.concatenate([np.asarray(v) for v in per_student.values()])
+    bins = np.linspace(0, max(float(allv.max()), 1e-6), 40)
+    for name, v in per_student.items():
+        ax.hist(v, bins=bins, alpha=0.55, label=f"{name} (mean {np.mean(v):.3f})")
+    ax.set_xlabel("per-seed pixel RMSE to the teacher's image (same noise, images in [-1, 1])")
+    ax.set_ylabel("seeds")
+    ax.set_title("paired fidelity to the teacher")
+    ax.legend(fontsize=7)
+    _save(fig, path)
