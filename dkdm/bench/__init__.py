@@ -1,0 +1,1 @@
+"""Benchmarks and experiment reports; results go to docs/."""
