@@ -35,6 +35,9 @@ from .trainer import Batch, StudentTrainer
 SOURCES = ("cache", "live", "both")
 PRECISIONS = ("no", "fp16", "bf16")
 # settings a resumed run must share with the checkpoint, or the data stream would not line up
+# live-pool noise seeds live far above `dkdm generate`'s (base_seed * 2^32 + i): a live pool never
+# re-walks a cached trajectory, and each rank walks its own
+LIVE_NOISE_BASE = 1 << 62
 RESUME_KEYS = ("source", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real")
 
 
@@ -149,7 +152,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                                        cfg.num_workers, device)
     if rows["live"]:
         pool = TeacherPool(teacher, sched, cfg.sampler.scheduler, cfg.pool, rows["live"], rho=cfg.rho, eta=cfg.sampler.eta,
-                           seed=cfg.seed * 1000 + rank, device=device, lazy=True)
+                           seed=cfg.seed * 1000 + rank, device=device, lazy=True,
+                           noise_seed_base=LIVE_NOISE_BASE + (cfg.seed * 1000 + rank) * 2**32)
         sources["live"] = PoolSource(pool)
     if rows["real"]:
         images = load_real_images(cfg.real, channels, spec.sample_size)

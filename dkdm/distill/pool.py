@@ -22,7 +22,8 @@ VARIANTS = ("iterative", "shuffled", "dynamic")
 
 class TeacherPool:
     def __init__(self, teacher, sched, sampler_kind: str, variant: str, batch_size: int, rho: float = 0.4,
-                 eta: float = 0.0, seed: int = 0, device="cpu", init_batch: int = 256, lazy: bool = False):
+                 eta: float = 0.0, seed: int = 0, device="cpu", init_batch: int = 256, lazy: bool = False,
+                 noise_seed_base: int | None = None):
         if variant not in VARIANTS:
             raise DkdmError(f"unknown pool variant {variant!r}; choose one of {VARIANTS}")
         if sampler_kind not in SINGLE_STEP:
@@ -33,7 +34,7 @@ class TeacherPool:
         self.T = len(self.timesteps)
         size = batch_size if variant != "dynamic" else max(batch_size, int(round(rho * self.T * batch_size)))
         self.size = size
-        self.next_seed = seed * 2**32
+        self.next_seed = seed * 2**32 if noise_seed_base is None else noise_seed_base
         self.gen = torch.Generator().manual_seed(seed)
         if variant == "iterative":
             self.idx = torch.zeros(size, dtype=torch.long)
