@@ -16,6 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Data-free knowledge distillation of diffusion models.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and seal synthetic-data caches.")
 app.add_typer(cache_app, name="cache")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; results go to docs/benchmarks.md.")
+app.add_typer(bench_app, name="bench")
 
 RECIPE_HELP = "TOML recipe (path, or name in pipelines/); flags override it."
 
@@ -193,6 +195,29 @@ def demo(out: str = typer.Option("runs/demo", help="Folder for cache/, student/,
     t = report["demo"]["timings"]
     typer.echo(f"done in {t['total_s']:.0f}s (generate {t['generate_s']:.0f}s, distill {t['distill_s']:.0f}s, "
                f"evaluate {t['evaluate_s']:.0f}s); report: {out}/report.json, {out}/report.md")
+
+
+@bench_app.command("distill")
+@friendly
+def bench_distill_cmd(
+    cache: str = typer.Option(..., help="Cache to read (made by `dkdm generate` from --teacher)."),
+    recipe: Optional[str] = typer.Option("digits", help=RECIPE_HELP),
+    teacher: Optional[str] = typer.Option(None),
+    steps: int = typer.Option(100, help="Timed steps per mode and round."),
+    rounds: int = typer.Option(3, help="Interleaved rounds; the median is reported."),
+    batch_size: Optional[int] = typer.Option(None),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers of the cache reader."),
+    device: Optional[str] = typer.Option(None),
+    md: str = typer.Option("docs/benchmarks.md", help="Markdown file whose 'Distill' section is (re)written."),
+):
+    """Distill step throughput from the cache vs tensors in memory vs a live teacher, in one run."""
+    from .bench.distill import bench_distill, render, write_section
+
+    cfg = cfgmod.override(cfgmod.load_recipe(recipe).distill, cache=cache, teacher=teacher, batch_size=batch_size,
+                          num_workers=num_workers, device=device)
+    res = bench_distill(cfg, steps=steps, rounds=rounds, log=typer.echo)
+    write_section(md, render(res, "dkdm bench distill " + " ".join(sys.argv[3:])))
+    typer.echo(f"cache/in-memory {res['cache_vs_memory']:.2f}, live/in-memory {res['live_vs_memory']:.2f}; written to {md}")
 
 
 def print_table(report: dict) -> None:
