@@ -15,11 +15,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_on_cpu(tiny_teacher, tiny_cache, tmp_path):
+def test_two_process_ddp_on_cpu(tiny_teacher, tmp_path):
+    from conftest import gen_cfg
+    from dkdm.generate import generate
+
+    # 4 shards of 20 records: each rank owns 2 shards, more than this short run reads, so a record
+    # seen on both ranks could only come from double sharding (later epochs re-deal the shards)
+    cache = tmp_path / "cache"
+    generate(gen_cfg(tiny_teacher, cache, trajectories=16, shard_size=4), progress=False)
     worker = Path(__file__).with_name("ddp_worker.py")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           str(worker), str(tiny_teacher), str(tiny_cache), str(tmp_path / "run")]
+           str(worker), str(tiny_teacher), str(cache), str(tmp_path / "run")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

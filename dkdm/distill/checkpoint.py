@@ -85,8 +85,12 @@ def save(acc, folder: Path, step: int, ema, lr_sched, sources: dict, trainer_sta
     acc.wait_for_everyone()
 
 
+def read_state(folder: Path) -> dict:
+    return json.loads((Path(folder) / "trainer_state.json").read_text())
+
+
 def load(acc, folder: Path, ema, lr_sched, sources: dict) -> dict:
-    state = json.loads((folder / "trainer_state.json").read_text())
+    state = read_state(folder)
     acc.load_state(str(folder))
     for name, src in sources.items():
         f = folder / f"data_{name}_{acc.process_index}.safetensors"

@@ -165,14 +165,15 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     start, seen_before = 0, 0
     resolved = cfgmod.to_dict(cfg)
     if resume_from is not None:
-        state = ckpt.load(acc, resume_from, ema, lr_sched, sources)
-        diff = [k for k in RESUME_KEYS if state["config"].get(k) != resolved.get(k) or state["world"] != acc.num_processes]
-        if diff:
-            raise DkdmError(f"checkpoint {resume_from} was made with different settings ({', '.join(sorted(set(diff)))}) "
-                            f"or number of processes ({state['world']}); resume with the same ones")
+        state = ckpt.read_state(resume_from)
+        diff = [k for k in RESUME_KEYS if state["config"].get(k) != resolved.get(k)]
+        if diff or state["world"] != acc.num_processes:
+            raise DkdmError(f"checkpoint {resume_from} was made with other settings ({', '.join(diff) or '-'}) or another "
+                            f"number of processes ({state['world']}, now {acc.num_processes}); resume with the same ones")
+        ckpt.load(acc, resume_from, ema, lr_sched, sources)
         start, seen_before = state["step"], state["records_seen"]
     elif rows["live"] and cfg.pool_init == "cache":
-        seed_reader = reader.loader(256, num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + 1, rank=rank,
+        seed_reader = reader.loader(min(256, sources["live"].pool.size), num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + 1, rank=rank,
                                     world=acc.num_processes)
         sources["live"].pool.seed_from(seed_reader)
 
