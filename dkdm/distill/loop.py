@@ -3,6 +3,7 @@ gradient accumulation, EMA, warm-up, exact resume, Ctrl-C checkpoint, TensorBoar
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import threading
 import time
@@ -35,9 +36,13 @@ from .trainer import Batch, StudentTrainer
 SOURCES = ("cache", "live", "both")
 PRECISIONS = ("no", "fp16", "bf16")
 # settings a resumed run must share with the checkpoint, or the data stream would not line up
-# live-pool noise seeds live far above `dkdm generate`'s (base_seed * 2^32 + i): a live pool never
-# re-walks a cached trajectory, and each rank walks its own
-LIVE_NOISE_BASE = 1 << 62
+
+
+def live_noise_seed(seed: int, rank: int) -> int:
+    """A seed for the live pool's noise stream, per run seed and rank, unrelated to the small integer
+    seeds of cached trajectories: a live pool does not re-walk a cached trajectory, and ranks differ."""
+    return int.from_bytes(hashlib.sha256(f"dkdm-live-pool/{seed}/{rank}".encode()).digest()[:4], "big") | (1 << 31)
+
 RESUME_KEYS = ("source", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real")
 
 
@@ -153,7 +158,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     if rows["live"]:
         pool = TeacherPool(teacher, sched, cfg.sampler.scheduler, cfg.pool, rows["live"], rho=cfg.rho, eta=cfg.sampler.eta,
                            seed=cfg.seed * 1000 + rank, device=device, lazy=True,
-                           noise_seed_base=LIVE_NOISE_BASE + (cfg.seed * 1000 + rank) * 2**32)
+                           noise_seed_base=live_noise_seed(cfg.seed, rank))
         sources["live"] = PoolSource(pool)
     if rows["real"]:
         images = load_real_images(cfg.real, channels, spec.sample_size)

@@ -34,7 +34,10 @@ class TeacherPool:
         self.T = len(self.timesteps)
         size = batch_size if variant != "dynamic" else max(batch_size, int(round(rho * self.T * batch_size)))
         self.size = size
-        self.next_seed = seed * 2**32 if noise_seed_base is None else noise_seed_base
+        self.next_seed = seed * 2**32
+        # torch's CPU generator keeps only the low 32 bits of a seed, so per-sample seeds like
+        # base*2^32+i collide across bases; a run's pool draws fresh noise from its own stream instead
+        self.noise_gen = None if noise_seed_base is None else torch.Generator().manual_seed(noise_seed_base)
         self.gen = torch.Generator().manual_seed(seed)
         if variant == "iterative":
             self.idx = torch.zeros(size, dtype=torch.long)
@@ -75,7 +78,10 @@ class TeacherPool:
         return self.size
 
     def _fresh(self, n: int) -> torch.Tensor:
-        noise, _ = initial_noise(range(self.next_seed, self.next_seed + n), self.teacher.sample_shape, "cpu")
+        if self.noise_gen is not None:
+            noise = torch.randn((n, *self.teacher.sample_shape), generator=self.noise_gen)
+        else:  # per-sample seeds: pool member i starts from the noise of `sample(seeds=[i])`
+            noise, _ = initial_noise(range(self.next_seed, self.next_seed + n), self.teacher.sample_shape, "cpu")
         self.next_seed += n
         return (noise * self.sched.init_noise_sigma).to(self.device)
 
@@ -123,6 +129,7 @@ class TeacherPool:
             self.build()
         return {"x": self.x.cpu(), "idx": self.idx, "gen": self.gen.get_state(),
                 "next_seed": torch.tensor(self.next_seed, dtype=torch.long),
+                **({"noise_gen": self.noise_gen.get_state()} if self.noise_gen is not None else {}),
                 "teacher_forwards": torch.tensor(self.teacher_forwards, dtype=torch.long)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -132,4 +139,6 @@ class TeacherPool:
         self.idx = state["idx"].clone()
         self.gen.set_state(state["gen"])
         self.next_seed = int(state["next_seed"])
+        if self.noise_gen is not None:
+            self.noise_gen.set_state(state["noise_gen"])
         self.teacher_forwards = int(state["teacher_forwards"])
