@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import time
@@ -81,7 +82,8 @@ def bench_distill(cfg: DistillConfig, steps: int = 100, warmup: int = 10, rounds
     return {
         "batch_size": b, "steps_per_round": steps, "rounds": rounds, "num_workers": cfg.num_workers,
         "student_params": params, "teacher_params": count_params(teacher.unet),
-        "steps_per_s": med, "records_per_s": {m: v * b for m, v in med.items()},
+        "steps_per_s": med, "records_per_s": {m: v * b for m, v in med.items()}, "rounds_steps_per_s": rates,
+        "loadavg": os.getloadavg()[0],
         "cache_vs_memory": med["cache"] / med["memory"], "live_vs_memory": med["live"] / med["memory"],
         "pool_size": pool.size, "pool_init_s": pool_init_s, "cache": str(cfg.cache),
         "cache_records": reader.num_records,
@@ -92,7 +94,7 @@ def bench_distill(cfg: DistillConfig, steps: int = 100, warmup: int = 10, rounds
 
 
 def render(res: dict, command: str) -> str:
-    rps = res["records_per_s"]
+    rps, b = res["records_per_s"], res["batch_size"]
     return "\n".join([
         SECTION, "",
         f"Machine: {res['machine']}; {res['date']}. Student {res['student_params']:,} params, teacher "
@@ -105,6 +107,9 @@ def render(res: dict, command: str) -> str:
         f"{res['cache_vs_memory']:.2f} |",
         f"| live teacher, dynamic pool ({res['pool_size']} samples) | {rps['live']:.0f} | {res['steps_per_s']['live']:.2f} | "
         f"{res['live_vs_memory']:.2f} |", "",
+        "Per-round records/s (memory / cache / live): " + ", ".join(
+            f"{m * b:.0f} / {c * b:.0f} / {v * b:.0f}" for m, c, v in zip(*(res["rounds_steps_per_s"][k] for k in ("memory", "cache", "live"))))
+        + f"; load average at the end {res['loadavg']:.1f}.", "",
         f"Target: cache/in-memory ≥ 0.95 (the loader never stalls the trainer): "
         f"{'met' if res['cache_vs_memory'] >= 0.95 else 'NOT met'} ({res['cache_vs_memory']:.2f}). "
         f"The live pool's construction ({res['pool_init_s']:.1f} s) is not in its rate.", "",
