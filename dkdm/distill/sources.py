@@ -74,9 +74,3 @@ class MemorySource:
         self.i += 1
         return b
 
-
-def concat(*parts: tuple) -> tuple:
-    """Rows of several (x_t, t, target) batches as one; targets are cut to the narrowest channel count."""
-    parts = [p for p in parts if p is not None and len(p[0])]
-    c = min(p[2].shape[1] for p in parts)
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2][:, :c] for p in parts])
