@@ -131,6 +131,19 @@ def distill(
     num_workers: Optional[int] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     device: Optional[str] = typer.Option(None),
+    real: Optional[str] = typer.Option(None, help="Real images to mix in: digits | folder of PNG/JPG | webdataset .tar."),
+    real_ratio: Optional[float] = typer.Option(None, help="Share of each batch from --real (1 = plain data training)."),
+    pool_init: Optional[str] = typer.Option(None, help="Live pool start: teacher (walk it) | cache (seed from records)."),
+    kl_weight: Optional[float] = typer.Option(None, help="lambda of the KL term for learned-variance teachers."),
+    feature_kd: Optional[float] = typer.Option(None, help="Weight of block-output MSE (live teacher, matching blocks)."),
+    mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16"),
+    grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (0: end and Ctrl-C only)."),
+    checkpoints_keep: Optional[int] = typer.Option(None, help="Newest checkpoints kept (<= 0 keeps all)."),
+    resume: Optional[str] = typer.Option(None, help="latest | OUT/checkpoints/step-N"),
+    sample_every: Optional[int] = typer.Option(None, help="Sample grid PNG every N steps."),
+    export_ema: Optional[bool] = typer.Option(None, "--export-ema/--export-raw", help="Export EMA (default) or raw weights."),
+    tracker: Optional[str] = typer.Option(None, help="tensorboard | none"),
     quiet: bool = typer.Option(False),
 ):
     """Train a smaller student on teacher outputs (DKDM), from a cache, a live teacher, or both."""
@@ -139,7 +152,10 @@ def distill(
     r = cfgmod.load_recipe(recipe).distill
     cfg = cfgmod.override(r, teacher=teacher, cache=cache, source=source, out=out, steps=steps, batch_size=batch_size,
                           lr=lr, pool=pool, rho=rho, shuffle_buffer=shuffle_buffer, num_workers=num_workers, seed=seed,
-                          device=device, sampler__steps=sampler_steps)
+                          device=device, sampler__steps=sampler_steps, real=real, real_ratio=real_ratio, pool_init=pool_init,
+                          kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum,
+                          checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
+                          sample_every=sample_every, export_ema=export_ema, tracker=tracker)
     res = run(cfg, progress=not quiet)
     typer.echo(f"student saved to {cfg.out}/student  final loss {res['final_loss']:.4f}  {res['records_per_s']:.0f} records/s")
 
@@ -210,6 +226,29 @@ def demo(out: str = typer.Option("runs/demo", help="Folder for cache/, student/,
     t = report["demo"]["timings"]
     typer.echo(f"done in {t['total_s']:.0f}s (generate {t['generate_s']:.0f}s, distill {t['distill_s']:.0f}s, "
                f"evaluate {t['evaluate_s']:.0f}s); report: {out}/report.json, {out}/report.md")
+
+
+@bench_app.command("distill")
+@friendly
+def bench_distill_cmd(
+    cache: str = typer.Option(..., help="Cache to read (made by `dkdm generate` from --teacher)."),
+    recipe: Optional[str] = typer.Option("digits", help=RECIPE_HELP),
+    teacher: Optional[str] = typer.Option(None),
+    steps: int = typer.Option(100, help="Timed steps per mode and round."),
+    rounds: int = typer.Option(3, help="Interleaved rounds; the median is reported."),
+    batch_size: Optional[int] = typer.Option(None),
+    num_workers: Optional[int] = typer.Option(None, help="DataLoader workers of the cache reader."),
+    device: Optional[str] = typer.Option(None),
+    md: str = typer.Option("docs/benchmarks.md", help="Markdown file whose 'Distill' section is (re)written."),
+):
+    """Distill step throughput from the cache vs tensors in memory vs a live teacher, in one run."""
+    from .bench.distill import bench_distill, render, write_section
+
+    cfg = cfgmod.override(cfgmod.load_recipe(recipe).distill, cache=cache, teacher=teacher, batch_size=batch_size,
+                          num_workers=num_workers, device=device)
+    res = bench_distill(cfg, steps=steps, rounds=rounds, log=typer.echo)
+    write_section(md, render(res, "dkdm bench distill " + " ".join(sys.argv[3:])))
+    typer.echo(f"cache/in-memory {res['cache_vs_memory']:.2f}, live/in-memory {res['live_vs_memory']:.2f}; written to {md}")
 
 
 def print_table(report: dict) -> None:

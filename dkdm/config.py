@@ -95,6 +95,20 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 100
+    # --- trainer scale (issue 4) ---
+    pool_init: str = "teacher"  # teacher | cache: seed the live pool from cache records
+    real: str = ""  # digits | folder of PNG/JPG | webdataset .tar of images
+    real_ratio: float = 0.0  # share of each batch from real images (1 = plain data training)
+    kl_weight: float = 0.001  # lambda of KL(p_T||p_S) for learned-variance teachers (IDDPM)
+    feature_kd: float = 0.0  # weight of BK-SDM block-output MSE (live teacher, matching blocks)
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    grad_accum: int = 1
+    checkpoint_every: int = 500  # 0 = only on Ctrl-C and at the end
+    checkpoints_keep: int = 3
+    resume: str = ""  # "" | latest | path to OUT/checkpoints/step-N
+    sample_every: int = 0  # sample grid PNG from fixed seeds every N steps (0 = only at the end)
+    export_ema: bool = True
+    tracker: str = "tensorboard"  # tensorboard | none
 
 
 @dataclass

@@ -37,7 +37,8 @@ def make_scheduler(cfg: SamplerConfig, base_config: dict):
 def step(sched, model_output: torch.Tensor, t, x: torch.Tensor, eta: float = 0.0, generator=None) -> torch.Tensor:
     """One reverse step; drops learned-variance channels for schedulers that cannot use them."""
     c = x.shape[1]
-    uses_variance = getattr(sched.config, "variance_type", None) in ("learned", "learned_range")
+    # only DDPM's step reads variance channels; a DDIM built from a DDPM config keeps variance_type but ignores it
+    uses_variance = type(sched).__name__ == "DDPMScheduler" and getattr(sched.config, "variance_type", None) in ("learned", "learned_range")
     if model_output.shape[1] == 2 * c and not uses_variance:
         model_output = model_output[:, :c]
     kwargs = {"generator": generator}

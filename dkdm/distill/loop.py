@@ -1,8 +1,11 @@
-"""`dkdm distill`: train a student on teacher outputs (DKDM) with accelerate."""
+"""`dkdm distill`: train a student on teacher outputs (DKDM) with accelerate: DDP, mixed precision,
+gradient accumulation, EMA, warm-up, exact resume, Ctrl-C checkpoint, TensorBoard + CSV, sample grids."""
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -16,121 +19,251 @@ from .. import config as cfgmod
 from ..cache.reader import CacheReader
 from ..config import DistillConfig
 from ..errors import DkdmError
-from ..imaging import grid, save_png
 from ..progress import progress_bar
 from ..runtime import atomic_write_json, positive
-from ..sampling import sample, unet_fn
 from ..schedulers import make_scheduler
 from ..students import build_unet, count_params, student_spec_for
 from ..teacher import load_teacher
+from . import checkpoint as ckpt
 from .export import export_student
-from .losses import eps_mse
+from .features import BlockTap, check_matching_blocks
+from .observe import CsvLog, save_sample_grid, start_trackers
 from .pool import TeacherPool
-from .sources import cache_batches, mixed_batches, pool_batches
+from .real import RealNoised, load_real_images
+from .sources import CacheSource, PoolSource
+from .trainer import Batch, StudentTrainer
 
 SOURCES = ("cache", "live", "both")
+PRECISIONS = ("no", "fp16", "bf16")
+# settings a resumed run must share with the checkpoint, or the data stream would not line up
+
+
+def live_noise_seed(seed: int, rank: int) -> int:
+    """A seed for the live pool's noise stream, per run seed and rank, unrelated to the small integer
+    seeds of cached trajectories: a live pool does not re-walk a cached trajectory, and ranks differ."""
+    return int.from_bytes(hashlib.sha256(f"dkdm-live-pool/{seed}/{rank}".encode()).digest()[:4], "big") | (1 << 31)
+
+RESUME_KEYS = ("source", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real")
 
 
 def validate(cfg: DistillConfig) -> None:
-    for name in ("steps", "batch_size", "shuffle_buffer"):
+    for name in ("steps", "batch_size", "shuffle_buffer", "grad_accum", "log_every"):
         positive(name, getattr(cfg, name))
     if cfg.source not in SOURCES:
         raise DkdmError(f"unknown --source {cfg.source!r}; choose one of {SOURCES}")
-    if cfg.source in ("cache", "both") and not cfg.cache:
-        raise DkdmError(f"--source {cfg.source} needs --cache PATH_OR_URL")
-    if cfg.source in ("live", "both") and not cfg.teacher:
-        raise DkdmError(f"--source {cfg.source} needs --teacher")
-    if not 0 < cfg.rho:
+    if not 0.0 <= cfg.real_ratio <= 1.0:
+        raise DkdmError(f"--real-ratio must lie in [0, 1], got {cfg.real_ratio}")
+    if cfg.real_ratio > 0 and not cfg.real:
+        raise DkdmError("--real-ratio > 0 needs --real (digits, a folder of images, or a webdataset .tar)")
+    if cfg.real_ratio < 1:
+        if cfg.source in ("cache", "both") and not cfg.cache:
+            raise DkdmError(f"--source {cfg.source} needs --cache PATH_OR_URL")
+        if cfg.source in ("live", "both") and not cfg.teacher:
+            raise DkdmError(f"--source {cfg.source} needs --teacher")
+    elif not (cfg.teacher or cfg.cache):
+        raise DkdmError("--real-ratio 1 still needs --teacher (or --cache) for the image geometry and noise schedule")
+    for name in ("checkpoint_every", "sample_every"):
+        if getattr(cfg, name) < 0:
+            raise DkdmError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.rho <= 0:
         raise DkdmError(f"--rho must be positive, got {cfg.rho}")
+    if cfg.pool_init not in ("teacher", "cache"):
+        raise DkdmError(f"--pool-init must be teacher or cache, got {cfg.pool_init!r}")
+    if cfg.pool_init == "cache" and not cfg.cache:
+        raise DkdmError("--pool-init cache needs --cache")
+    if cfg.mixed_precision not in PRECISIONS:
+        raise DkdmError(f"--mixed-precision must be one of {PRECISIONS}, got {cfg.mixed_precision!r}")
+    if cfg.feature_kd > 0 and (cfg.source != "live" or cfg.real_ratio >= 1):
+        raise DkdmError("--feature-kd needs the live teacher (--source live): it compares block outputs on the same inputs")
 
 
-def distill(cfg: DistillConfig, progress: bool = True) -> dict:
+def row_split(cfg: DistillConfig) -> dict:
+    """How many rows of each micro-batch come from the cache, the live pool and real images."""
+    n_real = int(round(cfg.real_ratio * cfg.batch_size))
+    n_d = cfg.batch_size - n_real
+    n_cache = {"cache": n_d, "live": 0, "both": n_d // 2}[cfg.source]
+    return {"cache": n_cache, "live": n_d - n_cache, "real": n_real}
+
+
+def _accelerator(cfg: DistillConfig) -> Accelerator:
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    kw = {"log_with": "tensorboard", "project_dir": cfg.out} if cfg.tracker == "tensorboard" else {}
+    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, **kw)
+
+
+class _StopFlag:
+    """First Ctrl-C asks for a checkpoint at the end of the current step; a second one aborts at once."""
+
+    def __init__(self):
+        self.set, self._old = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
+    """Train and export a student; `on_step(step, batch, acc, student)` is a hook for tests and tools."""
     validate(cfg)
-    acc = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    out = Path(cfg.out)
+    acc = _accelerator(cfg)
     torch.manual_seed(cfg.seed + acc.process_index)
-    device = acc.device
-    teacher = load_teacher(cfg.teacher, device) if cfg.teacher else None
+    device, rank = acc.device, acc.process_index
+    rows = row_split(cfg)
+    needs_teacher = rows["live"] > 0 or bool(cfg.teacher)
+    teacher = load_teacher(cfg.teacher, device) if needs_teacher and cfg.teacher else None
     reader = None
-    if cfg.source in ("cache", "both"):
+    if cfg.cache and (rows["cache"] > 0 or cfg.pool_init == "cache" and rows["live"] > 0 or teacher is None):
         reader = CacheReader(cfg.cache, expect_fingerprint=teacher.fingerprint if teacher else None)
+    if reader is not None and (rows["cache"] > 0 or teacher is None):
         teacher_cfg = reader.manifest["teacher"]["config"]
         m_sched = reader.manifest["scheduler"]
         sched = getattr(diffusers, m_sched["class"]).from_config(m_sched["config"])
         sched.set_timesteps(reader.manifest["sampler"]["steps"])
-        sampler_info = reader.manifest["sampler"]
+        sampler_info, base_sched_cfg = reader.manifest["sampler"], m_sched["config"]
     else:
         teacher_cfg = dict(teacher.unet.config)
         sched = make_scheduler(cfg.sampler, teacher.scheduler_config)
-        sampler_info = cfgmod.to_dict(cfg.sampler)
+        sampler_info, base_sched_cfg = cfgmod.to_dict(cfg.sampler), teacher.scheduler_config
+    # the training (DDPM) schedule: noising real images, and the posterior of the KL term
+    noise_sched = diffusers.DDPMScheduler.from_config({k: v for k, v in base_sched_cfg.items() if not k.startswith("_")})
     spec = student_spec_for(teacher_cfg, cfg.student)
     student = build_unet(spec)
     channels = spec.in_channels
+    student_tap = None
+    if cfg.feature_kd > 0:
+        check_matching_blocks(teacher_cfg, dict(student.config))
+        student_tap = BlockTap(student)
+        teacher_tap = BlockTap(teacher.unet, detach=True)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay)
     student, opt = acc.prepare(student, opt)
     ema.to(device)
 
-    batches = _batches(cfg, reader, teacher, sched, acc)
-    out = Path(cfg.out)
-    log_rows, t0, seen = [], time.time(), 0
-    bar = progress_bar(cfg.steps, "distill", disable=not progress or not acc.is_main_process)
-    for step in range(cfg.steps):
-        x, t, target = next(batches)
-        pred = student(x, t).sample
-        loss = eps_mse(pred, target, channels)
-        acc.backward(loss)
-        acc.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        lr_sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.step(student.parameters())
-        seen += len(x) * acc.num_processes
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            log_rows.append({"step": step, "loss": loss.item(), "records_per_s": seen / (time.time() - t0)})
-        bar.update(1, loss=loss.item(), rec_s=seen / (time.time() - t0))
+    sources = {}
+    if rows["cache"]:
+        sources["cache"] = CacheSource(reader, rows["cache"], cfg.shuffle_buffer, cfg.seed, rank, acc.num_processes,
+                                       cfg.num_workers, device)
+    if rows["live"]:
+        pool = TeacherPool(teacher, sched, cfg.sampler.scheduler, cfg.pool, rows["live"], rho=cfg.rho, eta=cfg.sampler.eta,
+                           seed=cfg.seed * 1000 + rank, device=device, lazy=True,
+                           noise_seed_base=live_noise_seed(cfg.seed, rank))
+        sources["live"] = PoolSource(pool)
+    if rows["real"]:
+        images = load_real_images(cfg.real, channels, spec.sample_size)
+        sources["real"] = RealNoised(images, noise_sched, rows["real"], seed=cfg.seed * 1000 + 500 + rank, device=device)
+
+    trainer = StudentTrainer(acc, student, opt, lr_sched, ema, channels, noise_sched, kl_weight=cfg.kl_weight,
+                             feature_kd=cfg.feature_kd, student_tap=student_tap)
+    resume_from = ckpt.resolve_resume(out, cfg.resume)
+    start, seen_before = 0, 0
+    resolved = cfgmod.to_dict(cfg)
+    if resume_from is not None:
+        state = ckpt.read_state(resume_from)
+        diff = [k for k in RESUME_KEYS if state["config"].get(k) != resolved.get(k)]
+        if diff or state["world"] != acc.num_processes:
+            raise DkdmError(f"checkpoint {resume_from} was made with other settings ({', '.join(diff) or '-'}) or another "
+                            f"number of processes ({state['world']}, now {acc.num_processes}); resume with the same ones")
+        ckpt.load(acc, resume_from, ema, lr_sched, sources)
+        start, seen_before = state["step"], state["records_seen"]
+    elif rows["live"] and cfg.pool_init == "cache":
+        seed_reader = reader.loader(min(256, sources["live"].pool.size), num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + 1, rank=rank,
+                                    world=acc.num_processes)
+        sources["live"].pool.seed_from(seed_reader)
+
+    def next_batch() -> Batch:
+        parts = [next(sources[k]) for k in ("cache", "live") if k in sources]
+        feats = teacher_tap.take() if cfg.feature_kd > 0 else None
+        xs, ts, outs = [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts]
+        c_out = min((o.shape[1] for o in outs), default=channels)
+        teacher_out = torch.cat([o[:, :c_out] for o in outs]) if outs else None
+        eps = [o[:, :channels] for o in outs]
+        if "real" in sources:
+            xr, tr, nr = next(sources["real"])
+            xs, ts, eps = xs + [xr], ts + [tr], eps + [nr]
+        live_rows = slice(rows["cache"], rows["cache"] + rows["live"])
+        return Batch(torch.cat(xs), torch.cat(ts), torch.cat(eps), teacher_out, feats, live_rows)
+
+    def save_checkpoint(step: int) -> None:
+        ckpt.save(acc, out / "checkpoints" / f"step-{step:08d}", step, ema, lr_sched, sources,
+                  {"config": resolved, "world": acc.num_processes, "records_seen": seen})
+        if acc.is_main_process:
+            ckpt.prune(out, cfg.checkpoints_keep)
+
+    log = CsvLog(out / "distill_log.csv", keep_before=start) if acc.is_main_process else None
+    if acc.is_main_process:
+        atomic_write_json(out / "distill_config.json", resolved)
+    start_trackers(acc, cfg)
+    seen, t0 = seen_before, time.time()
+    bar = progress_bar(cfg.steps, "distill", disable=not progress or not acc.is_main_process, unit="step")
+    bar.update(start)
+    interrupted, step, loss = False, start, float("nan")
+    with _StopFlag() as stop:
+        for step in range(start, cfg.steps):
+            micro = [next_batch() for _ in range(cfg.grad_accum)]
+            if on_step is not None:
+                on_step(step, micro, acc, student)
+            loss, parts = trainer.step(micro)
+            seen += cfg.batch_size * cfg.grad_accum * acc.num_processes
+            rate = (seen - seen_before) / (time.time() - t0)
+            done = step + 1
+            if step % cfg.log_every == 0 or done == cfg.steps:
+                row = {"step": step, "loss": loss, **parts, "lr": lr_sched.get_last_lr()[0], "records_per_s": rate}
+                acc.log(row, step=step)
+                if log is not None:
+                    log.write(row)
+            bar.update(1, loss=loss, rec_s=rate)
+            if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process:
+                save_sample_grid(acc.unwrap_model(student), ema, sched, spec, out / "samples" / f"step-{done:08d}.png", device)
+            if _any_rank(acc, stop.set):
+                interrupted = True
+                save_checkpoint(done)
+                break
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                save_checkpoint(done)
     bar.close()
     seconds = time.time() - t0
-    summary = {"steps": cfg.steps, "seconds": seconds, "records_per_s": seen / seconds, "final_loss": log_rows[-1]["loss"],
-               "source": cfg.source, "pool": cfg.pool if cfg.source != "cache" else None}
+    summary = {"steps": cfg.steps, "start_step": start, "last_step": step + 1 if cfg.steps > start else start,
+               "seconds": seconds, "records_per_s": (seen - seen_before) / max(seconds, 1e-9), "final_loss": loss,
+               "source": cfg.source, "pool": cfg.pool if rows["live"] else None, "rows": rows,
+               "teacher_forwards": sources["live"].pool.teacher_forwards if "live" in sources else 0,
+               "interrupted": interrupted, "world": acc.num_processes}
+    if interrupted:
+        acc.end_training()
+        if acc.is_main_process:
+            print(f"interrupted: checkpoint saved at step {step + 1}; continue with --resume latest")
+        raise KeyboardInterrupt
+    if cfg.checkpoint_every and cfg.steps > start:
+        save_checkpoint(cfg.steps)
     if acc.is_main_process:
         final = acc.unwrap_model(student)
-        ema.copy_to(final.parameters())
+        if cfg.export_ema:
+            ema.copy_to(final.parameters())
         final.eval()
         card = {"teacher": teacher.describe() if teacher else reader.manifest["teacher"],
-                "cache_id": reader.manifest["cache_id"] if reader else None,
-                "sampler": sampler_info, "params": count_params(final), "config": cfgmod.to_dict(cfg), "summary": summary}
-        card["teacher"].pop("config", None)
+                "cache_id": reader.manifest["cache_id"] if reader else None, "weights": "ema" if cfg.export_ema else "raw",
+                "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary}
+        card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
         export_student(final, sched, out / "student", card)
-        _write_log(out / "distill_log.csv", log_rows)
-        atomic_write_json(out / "distill_config.json", cfgmod.to_dict(cfg))
-        imgs = sample(unet_fn(final), sched, range(64), (channels, spec.sample_size, spec.sample_size), device=device)
-        save_png(grid(imgs, ncol=8, scale=4), out / "student_samples.png")
+        save_sample_grid(final, None, sched, spec, out / "student_samples.png", device)
     acc.wait_for_everyone()
     acc.end_training()
     return summary
 
 
-def _batches(cfg, reader, teacher, sched, acc):
-    def cache_src():
-        return cache_batches(reader, cfg.batch_size, cfg.shuffle_buffer, cfg.seed, acc.process_index,
-                             acc.num_processes, cfg.num_workers, acc.device)
-
-    def live_src():
-        pool = TeacherPool(teacher, sched, cfg.sampler.scheduler, cfg.pool, cfg.batch_size, rho=cfg.rho,
-                           eta=cfg.sampler.eta, seed=cfg.seed * 1000 + acc.process_index, device=acc.device)
-        return pool_batches(pool)
-
-    if cfg.source == "cache":
-        return cache_src()
-    if cfg.source == "live":
-        return live_src()
-    return mixed_batches(cache_src(), live_src())
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+def _any_rank(acc, flag: bool) -> bool:
+    """Ranks agree on stopping, or DDP would hang with one rank gone."""
+    if acc.num_processes == 1:
+        return flag
+    return bool(acc.reduce(torch.tensor([int(flag)], device=acc.device), reduction="sum").item())

@@ -4,6 +4,9 @@ advance one teacher step each time they are used.
 - iterative: b samples in lock-step at the same timestep;
 - shuffled:  b samples spread over the timesteps, all used and advanced every step;
 - dynamic:   rho*T*b samples spread over the timesteps, b drawn at random each step.
+
+The pool is built lazily (on the first draw) so a resumed run loads its saved state instead of
+spending teacher steps; `seed_from` fills it from cache records instead of walking the teacher.
 """
 
 from __future__ import annotations
@@ -19,29 +22,66 @@ VARIANTS = ("iterative", "shuffled", "dynamic")
 
 class TeacherPool:
     def __init__(self, teacher, sched, sampler_kind: str, variant: str, batch_size: int, rho: float = 0.4,
-                 eta: float = 0.0, seed: int = 0, device="cpu", init_batch: int = 256):
+                 eta: float = 0.0, seed: int = 0, device="cpu", init_batch: int = 256, lazy: bool = False,
+                 noise_seed_base: int | None = None):
         if variant not in VARIANTS:
             raise DkdmError(f"unknown pool variant {variant!r}; choose one of {VARIANTS}")
         if sampler_kind not in SINGLE_STEP:
             raise DkdmError(f"a live-teacher pool needs a single-step scheduler ({sorted(SINGLE_STEP)}), not {sampler_kind!r}")
         self.teacher, self.sched, self.variant, self.b, self.eta = teacher, sched, variant, batch_size, eta
-        self.device = device
+        self.device, self.init_batch = device, init_batch
         self.timesteps = torch.as_tensor([int(t) for t in sched.timesteps], dtype=torch.long)
         self.T = len(self.timesteps)
         size = batch_size if variant != "dynamic" else max(batch_size, int(round(rho * self.T * batch_size)))
         self.size = size
         self.next_seed = seed * 2**32
+        # torch's CPU generator keeps only the low 32 bits of a seed, so per-sample seeds like
+        # base*2^32+i collide across bases; a run's pool draws fresh noise from its own stream instead
+        self.noise_gen = None if noise_seed_base is None else torch.Generator().manual_seed(noise_seed_base)
         self.gen = torch.Generator().manual_seed(seed)
         if variant == "iterative":
             self.idx = torch.zeros(size, dtype=torch.long)
         else:  # uniformly spread step indices
             self.idx = (torch.arange(size) * self.T // size).long()
-        self.x = self._fresh(size)
+        self.x = None
         self.teacher_forwards = 0
-        self._advance_to_targets(init_batch)
+        if not lazy:
+            self.build()
+
+    def build(self) -> None:
+        self.x = self._fresh(self.size)
+        self._advance_to_targets(self.init_batch)
+
+    def seed_from(self, records) -> int:
+        """Fill the pool from (x_t, t, target) cache records of the same schedule: no teacher steps spent."""
+        pos = {int(t): i for i, t in enumerate(self.timesteps)}
+        xs, idx = [], []
+        for x, t, _ in records:
+            for xi, ti in zip(x, t.view(-1).tolist()):
+                if ti not in pos:
+                    raise DkdmError(f"cache record at t={ti} is not on the live schedule {self.timesteps.tolist()}; "
+                                    "seed the pool from a cache generated with the same sampler")
+                xs.append(xi)
+                idx.append(pos[ti])
+                if len(xs) == self.size:
+                    break
+            if len(xs) == self.size:
+                break
+        if len(xs) < self.size:
+            raise DkdmError(f"the cache gave {len(xs)} records, fewer than the pool's {self.size}")
+        self.x = torch.stack(xs).float().to(self.device)
+        self.idx = torch.as_tensor(idx, dtype=torch.long)
+        if self.variant == "iterative":  # lock-step: everyone at the step of the first record
+            self.idx[:] = self.idx[0]
+            self.x = self._fresh(self.size)
+            self._advance_to_targets(self.init_batch)
+        return self.size
 
     def _fresh(self, n: int) -> torch.Tensor:
-        noise, _ = initial_noise(range(self.next_seed, self.next_seed + n), self.teacher.sample_shape, "cpu")
+        if self.noise_gen is not None:
+            noise = torch.randn((n, *self.teacher.sample_shape), generator=self.noise_gen)
+        else:  # per-sample seeds: pool member i starts from the noise of `sample(seeds=[i])`
+            noise, _ = initial_noise(range(self.next_seed, self.next_seed + n), self.teacher.sample_shape, "cpu")
         self.next_seed += n
         return (noise * self.sched.init_noise_sigma).to(self.device)
 
@@ -65,6 +105,8 @@ class TeacherPool:
     @torch.no_grad()
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A training batch (x_t, t, teacher output); the drawn members then advance one step."""
+        if self.x is None:
+            self.build()
         if self.variant == "dynamic":
             sel = torch.randperm(self.size, generator=self.gen)[: self.b]
         else:
@@ -72,7 +114,7 @@ class TeacherPool:
         sel_d = sel.to(self.device)
         x = self.x[sel_d]
         t = self.timesteps[self.idx[sel]].to(self.device)
-        out = self.teacher(x, t)
+        out = self.teacher(x, t)  # the last teacher call of a draw: feature taps see exactly this batch
         self.teacher_forwards += len(sel)
         self.x[sel_d] = step_mixed(self.sched, out, t, x, eta=self.eta)
         self.idx[sel] += 1
@@ -81,3 +123,22 @@ class TeacherPool:
             self.x[done.to(self.device)] = self._fresh(len(done))
             self.idx[done] = 0
         return x, t, out
+
+    def state_dict(self) -> dict:
+        if self.x is None:
+            self.build()
+        return {"x": self.x.cpu(), "idx": self.idx, "gen": self.gen.get_state(),
+                "next_seed": torch.tensor(self.next_seed, dtype=torch.long),
+                **({"noise_gen": self.noise_gen.get_state()} if self.noise_gen is not None else {}),
+                "teacher_forwards": torch.tensor(self.teacher_forwards, dtype=torch.long)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["x"].shape[:1]) != (self.size,):
+            raise DkdmError(f"checkpointed pool holds {state['x'].shape[0]} samples, this run's pool {self.size}")
+        self.x = state["x"].to(self.device)
+        self.idx = state["idx"].clone()
+        self.gen.set_state(state["gen"])
+        self.next_seed = int(state["next_seed"])
+        if self.noise_gen is not None:
+            self.noise_gen.set_state(state["noise_gen"])
+        self.teacher_forwards = int(state["teacher_forwards"])

@@ -1,8 +1,7 @@
-"""Where distillation batches come from: cache records, a live-teacher pool, or both."""
+"""Where distillation batches come from: cache records, a live-teacher pool, or both; each source
+knows its position so a checkpoint can resume the stream exactly."""
 
 from __future__ import annotations
-
-from typing import Iterator
 
 import torch
 
@@ -10,22 +9,68 @@ from ..cache.reader import CacheReader
 from .pool import TeacherPool
 
 
-def cache_batches(reader: CacheReader, batch_size: int, shuffle_buffer: int, seed: int, rank: int, world: int,
-                  num_workers: int, device) -> Iterator[tuple]:
-    loader = reader.loader(batch_size, num_workers=num_workers, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank, world=world)
-    for x, t, target in loader:
-        yield x.to(device, non_blocking=True), t.to(device), target.to(device, non_blocking=True)
+class CacheSource:
+    """Batches from the cache stream (per-rank shards, shuffle buffer). The stream is deterministic
+    for a given seed/rank/world, so its position is the number of batches consumed: a resumed run
+    re-opens the stream and fast-forwards."""
+
+    def __init__(self, reader: CacheReader, batch_size: int, shuffle_buffer: int, seed: int, rank: int, world: int,
+                 num_workers: int, device):
+        self.args = (batch_size, shuffle_buffer, seed, rank, world, num_workers)
+        self.reader, self.device, self.consumed, self._it = reader, device, 0, None
+
+    def _open(self):
+        b, buf, seed, rank, world, nw = self.args
+        it = iter(self.reader.loader(b, num_workers=nw, shuffle_buffer=buf, seed=seed, rank=rank, world=world))
+        for _ in range(self.consumed):
+            next(it)
+        return it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._open()
+        x, t, target = next(self._it)
+        self.consumed += 1
+        return x.to(self.device, non_blocking=True), t.to(self.device), target.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"consumed": torch.tensor(self.consumed, dtype=torch.long)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consumed, self._it = int(state["consumed"]), None
 
 
-def pool_batches(pool: TeacherPool) -> Iterator[tuple]:
-    while True:
-        yield pool.draw()
+class PoolSource:
+    def __init__(self, pool: TeacherPool):
+        self.pool = pool
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.pool.draw()
+
+    def state_dict(self) -> dict:
+        return self.pool.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool.load_state_dict(state)
 
 
-def mixed_batches(a: Iterator[tuple], b: Iterator[tuple]) -> Iterator[tuple]:
-    """Half of each batch from each source ('both'): cache records and fresh live-teacher states."""
-    while True:
-        xa, ta, ya = next(a)
-        xb, tb, yb = next(b)
-        h = len(xa) // 2
-        yield torch.cat([xa[:h], xb[: len(xb) - h]]), torch.cat([ta[:h], tb[: len(tb) - h]]), torch.cat([ya[:h], yb[: len(yb) - h]])
+class MemorySource:
+    """Batches already in memory, cycled: the loader-free reference for the throughput benchmark."""
+
+    def __init__(self, batches: list[tuple]):
+        self.batches, self.i = batches, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+

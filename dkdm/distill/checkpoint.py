@@ -1,0 +1,113 @@
+"""Checkpoints for exact resume: accelerate `save_state` (model, optimizer, RNG) plus our own state
+(EMA, LR schedule, data positions) as safetensors + JSON, so resuming never unpickles anything.
+
+Layout: OUT/checkpoints/step-00001200/ (written as .tmp-step-... and renamed when complete).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import DkdmError
+from ..runtime import atomic_write_json
+
+NAME = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoints(out: str | Path) -> list[Path]:
+    root = Path(out) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and NAME.match(p.name))
+
+
+def resolve_resume(out: str | Path, resume: str) -> Path | None:
+    """'' -> no resume; 'latest' -> newest complete checkpoint (None if there is none yet); else a folder."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = checkpoints(out)
+        return found[-1] if found else None
+    p = Path(resume)
+    if not (p / "trainer_state.json").is_file():
+        raise DkdmError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json); use 'latest' or OUT/checkpoints/step-N")
+    return p
+
+
+def save_tensors(path: Path, state: dict) -> None:
+    """A flat dict of tensors (ints become 0-d tensors) as safetensors."""
+    flat = {k: (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous() for k, v in state.items()}
+    save_file(flat, str(path))
+
+
+def load_tensors(path: Path) -> dict:
+    return load_file(str(path))
+
+
+def ema_state(ema) -> tuple[dict, dict]:
+    sd = ema.state_dict()
+    tensors = {f"shadow.{i}": p for i, p in enumerate(sd.pop("shadow_params"))}
+    return tensors, sd
+
+
+def load_ema(ema, tensors: dict, meta: dict) -> None:
+    shadow = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
+    ema.load_state_dict({**meta, "shadow_params": shadow})
+
+
+def save(acc, folder: Path, step: int, ema, lr_sched, sources: dict, trainer_state: dict) -> None:
+    """Every rank calls this; rank 0 renames the finished folder into place."""
+    tmp = folder.parent / f".tmp-{folder.name}"
+    if acc.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp), safe_serialization=True)
+    rank = acc.process_index
+    for name, src in sources.items():  # per-rank: each rank has its own stream / pool / generator
+        save_tensors(tmp / f"data_{name}_{rank}.safetensors", src.state_dict())
+    if acc.is_main_process:
+        tensors, meta = ema_state(ema)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "ema.safetensors"))
+        atomic_write_json(tmp / "ema.json", meta)
+        atomic_write_json(tmp / "lr_scheduler.json", lr_sched.state_dict())
+        atomic_write_json(tmp / "trainer_state.json", {**trainer_state, "step": step})
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    acc.wait_for_everyone()
+
+
+def read_state(folder: Path) -> dict:
+    return json.loads((Path(folder) / "trainer_state.json").read_text())
+
+
+def load(acc, folder: Path, ema, lr_sched, sources: dict) -> dict:
+    state = read_state(folder)
+    acc.load_state(str(folder))
+    for name, src in sources.items():
+        f = folder / f"data_{name}_{acc.process_index}.safetensors"
+        if not f.is_file():
+            raise DkdmError(f"checkpoint {folder} has no data position for source {name!r} on rank {acc.process_index}; "
+                            "resume with the same sources and number of processes")
+        src.load_state_dict(load_tensors(f))
+    load_ema(ema, {k: v.to(acc.device) for k, v in load_tensors(folder / "ema.safetensors").items()},
+             json.loads((folder / "ema.json").read_text()))
+    lr_sched.load_state_dict(json.loads((folder / "lr_scheduler.json").read_text()))
+    return state
+
+
+def prune(out: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything)."""
+    found = checkpoints(out)
+    gone = found[:-keep] if keep > 0 else []
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone

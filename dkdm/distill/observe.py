@@ -1,0 +1,64 @@
+"""What a person watches during distillation: CSV log, TensorBoard via accelerate, sample grid PNGs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from .. import config as cfgmod
+from ..imaging import grid, save_png
+from ..sampling import sample, unet_fn
+
+FIELDS = ("step", "loss", "eps_mse", "kl", "feature_kd", "lr", "records_per_s")
+GRID_SEEDS = range(64)  # fixed seeds: grids from different steps show the same noise
+
+
+class CsvLog:
+    """Appends one row per log step; a resumed run drops rows from steps it will redo."""
+
+    def __init__(self, path: Path, keep_before: int = 0):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if keep_before and path.is_file():
+            with open(path, newline="") as fh:
+                kept = [r for r in csv.DictReader(fh) if int(r["step"]) < keep_before]
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=FIELDS)
+            w.writeheader()
+            w.writerows(kept)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def start_trackers(acc, cfg) -> None:
+    if cfg.tracker != "tensorboard":
+        return
+    flat = {}
+    for k, v in cfgmod.to_dict(cfg).items():  # TensorBoard hparams take scalars only
+        if isinstance(v, (int, float, str, bool)):
+            flat[k] = v
+    acc.init_trackers("tensorboard", config=flat)
+
+
+@torch.no_grad()
+def save_sample_grid(unet, ema, sched, spec, path: Path, device) -> None:
+    """64 samples from fixed seeds with the EMA weights (when given), as an 8x8 PNG grid."""
+    params = list(unet.parameters())
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    was_training = unet.training
+    unet.eval()
+    try:
+        imgs = sample(unet_fn(unet), sched, GRID_SEEDS, (spec.in_channels, spec.sample_size, spec.sample_size), device=device)
+    finally:
+        unet.train(was_training)
+        if ema is not None:
+            ema.restore(params)
+    save_png(grid(imgs, ncol=8, scale=4), path)
