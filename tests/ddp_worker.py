@@ -28,7 +28,8 @@ def on_step(step, micro, acc, student):
 cfg = DistillConfig(teacher=teacher, cache=cache, out=out, source="both", pool="dynamic", steps=3, batch_size=8,
                     student=UNetSpec(block_out_channels=(8, 8), attention_levels=(), norm_num_groups=4),
                     sampler=SamplerConfig(steps=5), shuffle_buffer=8, num_workers=0, device="cpu", tracker="none",
-                    checkpoint_every=0, log_every=1, grad_accum=2)
+                    checkpoint_every=0, log_every=1, grad_accum=2,
+                    lr_schedule="constant")  # every step must move the weights (a warm-up starts at lr 0)
 res = distill(cfg, progress=False, on_step=on_step)
 # parameters after the last step, too
 Path(out, f"rank{log['rank']}.json").write_text(json.dumps({**log, "summary": res}))
