@@ -108,7 +108,7 @@ class DistillConfig:
     resume: str = ""  # "" | latest | path to OUT/checkpoints/step-N
     sample_every: int = 0  # sample grid PNG from fixed seeds every N steps (0 = only at the end)
     export_ema: bool = True
-    tracker: str = "tensorboard"  # tensorboard | none
+    tracker: str = "auto"  # auto (TensorBoard when installed) | tensorboard | none
 
 
 @dataclass

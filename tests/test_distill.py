@@ -105,3 +105,15 @@ def test_live_distill_runs(tiny_teacher, tmp_path):
     res = distill(dcfg(tmp_path, teacher=str(tiny_teacher), source="live", pool="dynamic", steps=3), progress=False)
     assert res["pool"] == "dynamic"
     assert (tmp_path / "run" / "student" / "unet" / "config.json").is_file()
+
+
+def test_tensorboard_events_are_written(tiny_cache, tmp_path):
+    pytest.importorskip("tensorboard")  # a test extra: installed by scripts/test.sh
+    distill(dcfg(tmp_path, teacher="", cache=str(tiny_cache), steps=3, tracker="tensorboard"), progress=False)
+    events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_tracker_auto_and_bad_tracker(tiny_cache, tmp_path):
+    with pytest.raises(DkdmError, match="tracker"):
+        distill(dcfg(tmp_path, teacher="", cache=str(tiny_cache), steps=1, tracker="wandb-ish"), progress=False)

@@ -27,7 +27,7 @@ from ..teacher import load_teacher
 from . import checkpoint as ckpt
 from .export import export_student
 from .features import BlockTap, check_matching_blocks
-from .observe import CsvLog, save_sample_grid, start_trackers
+from .observe import CsvLog, save_sample_grid, start_trackers, use_tensorboard
 from .pool import TeacherPool
 from .real import RealNoised, load_real_images
 from .sources import CacheSource, PoolSource
@@ -87,7 +87,7 @@ def row_split(cfg: DistillConfig) -> dict:
 
 def _accelerator(cfg: DistillConfig) -> Accelerator:
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-    kw = {"log_with": "tensorboard", "project_dir": cfg.out} if cfg.tracker == "tensorboard" else {}
+    kw = {"log_with": "tensorboard", "project_dir": cfg.out} if use_tensorboard(cfg) else {}
     return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, **kw)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import config as cfgmod
+from ..errors import DkdmError
 from ..imaging import grid, save_png
 from ..sampling import sample, unet_fn
 
@@ -36,8 +37,20 @@ class CsvLog:
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def use_tensorboard(cfg) -> bool:
+    """'auto' logs to TensorBoard when it is installed; asking for it without the package is an error."""
+    import importlib.util
+
+    installed = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    if cfg.tracker == "tensorboard" and not installed:
+        raise DkdmError("--tracker tensorboard needs the tensorboard package: pip install tensorboard")
+    if cfg.tracker not in ("auto", "tensorboard", "none"):
+        raise DkdmError(f"unknown --tracker {cfg.tracker!r}; choose auto, tensorboard or none")
+    return cfg.tracker == "tensorboard" or (cfg.tracker == "auto" and installed)
+
+
 def start_trackers(acc, cfg) -> None:
-    if cfg.tracker != "tensorboard":
+    if not use_tensorboard(cfg):
         return
     flat = {}
     for k, v in cfgmod.to_dict(cfg).items():  # TensorBoard hparams take scalars only
