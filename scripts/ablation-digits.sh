@@ -5,7 +5,7 @@
 # the table + plot in docs/ablation.{md,png}.   Usage: scripts/ablation-digits.sh [OUT=runs/ablation]
 set -euo pipefail
 OUT=${1:-runs/ablation}
-PY=${PY:-python}
+PY=${PY:-$(dirname "$0")/../.venv/bin/python}
 R=${RECIPE:-pipelines/digits-ablation.toml}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
