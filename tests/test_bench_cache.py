@@ -11,8 +11,8 @@ def test_bench_cache_measures_every_format(tiny_teacher, tmp_path):
         assert 0 < r["write_share"] < 1
         assert r["raw_fp32_bytes_per_record"] == 4 * 2 * 256
     fm = res["formats"]
-    # tar headers dominate tiny records; gzip and zarr must remove most of them
-    assert fm["wds"]["bytes_over_raw_fp32"] > 1.5 and fm["wds-gz"]["bytes_per_record"] < fm["wds"]["bytes_per_record"] / 3
+    # blocks of 4 fp16 records: tar headers (3 x 512 B per block) still show; gzip and zarr must remove them
+    assert 0.5 < fm["wds"]["bytes_over_raw_fp32"] < 1.5 and fm["wds-gz"]["bytes_per_record"] < fm["wds"]["bytes_per_record"]
     assert fm["zarr"]["bytes_over_raw_fp32"] <= 0.5
     assert "| zarr |" in markdown(res)
     assert list(tmp_path.iterdir()) == []  # caches went to a temp dir that is gone

@@ -69,7 +69,11 @@ x, t, traj, step = root["x_t"][:], root["t"][:], root["traj"][:], root["step"][:
 assert x.shape == (60, 1, 16, 16) and x.dtype == np.float16, (x.shape, x.dtype)
 assert len(set(zip(traj.tolist(), step.tolist()))) == 60 and (t >= 0).all()
 ds = wds.WebDataset("{tiny_cache}/shards/traj-{{000000..000002}}.tar", shardshuffle=False).decode()
-recs = {{(s["meta.json"]["traj"], s["meta.json"]["step"]): s["x_t.npy"] for s in ds}}
+recs = {{}}
+for s in ds:  # one sample = one block of records (one teacher batch at one step)
+    meta = s["meta.json"]
+    for j, key in enumerate(zip(meta["traj"], meta["step"])):
+        recs[key] = s["x_t.npy"][j]
 assert len(recs) == 60
 for i in range(60):
     assert np.array_equal(recs[(int(traj[i]), int(step[i]))], x[i])
@@ -134,7 +138,8 @@ def test_gzipped_tar_shards(tiny_cache, tiny_teacher, tmp_path):
     assert got == ref
     assert info(str(out))["bytes_per_record"] < 0.5 * info(str(tiny_cache))["bytes_per_record"]
     samples = list(wds.WebDataset(str(out / "shards" / "traj-000001.tar.gz"), shardshuffle=False).decode())
-    assert len(samples) == 20 and samples[0]["x_t.npy"].dtype == np.float16
+    assert len(samples) == 5 and samples[0]["x_t.npy"].dtype == np.float16
+    assert sum(len(s["x_t.npy"]) for s in samples) == 20
     first = {s["file"]: s["sha256"] for s in m["shards"]}
     shutil.rmtree(out)
     generate(gen_cfg(tiny_teacher, out, format="wds-gz", trajectories=8), progress=False)

@@ -21,7 +21,7 @@ def shard_hashes(cache):
 
 def test_cache_layout_and_manifest(tiny_cache, tiny_teacher):
     m = read_manifest(Store(tiny_cache))
-    assert m["format"] == "dkdm-cache/1"
+    assert m["format"] == "dkdm-cache/2"
     assert m["totals"]["records"] == 12 * 5 and m["totals"]["shards"] == 3 and m["totals"]["trajectories"] == 12
     assert m["record"]["x_t"] == {"shape": [1, 16, 16], "dtype": "float16"}
     assert m["sampler"]["steps"] == 5 and len(m["sampler"]["timesteps"]) == 5
@@ -177,10 +177,13 @@ def test_plain_webdataset_reads_records(tiny_cache):
 
     ds = wds.WebDataset(str(tiny_cache / "shards" / "traj-000000.tar"), shardshuffle=False).decode()
     samples = list(ds)
-    assert len(samples) == 4 * 5
+    assert len(samples) == 5  # one block per step: the shard's 4 trajectories walked together
     s = samples[0]
-    assert s["x_t.npy"].shape == (1, 16, 16) and s["x_t.npy"].dtype == np.float16
+    assert s["__key__"] == "0000000000_0000"
+    assert s["x_t.npy"].shape == (4, 1, 16, 16) and s["x_t.npy"].dtype == np.float16
+    assert s["meta.json"]["traj"] == [0, 1, 2, 3] and s["meta.json"]["step"] == [0] * 4
     assert set(s["meta.json"]) == {"t", "traj", "step", "cond"}
+    assert sum(len(s["meta.json"]["t"]) for s in samples) == 4 * 5
 
 
 def test_base_seed_changes_trajectories(tiny_cache, tiny_teacher, tmp_path):

@@ -29,13 +29,17 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def bare_sampling(teacher, sampler: SamplerConfig, trajectories: int, batch_size: int, seed: int, device) -> float:
-    """Seconds for the teacher alone to walk the same trajectories (same batches, steps and seeds), nothing kept."""
+def bare_sampling(teacher, sampler: SamplerConfig, trajectories: int, batch_size: int, shard_size: int, seed: int,
+                  device) -> float:
+    """Seconds for the teacher alone to walk the same trajectories in the same batches as generate (which never
+    lets a batch straddle two shards), with the same steps and seeds, nothing kept."""
     sched = make_scheduler(sampler, teacher.scheduler_config)
     t0 = time.perf_counter()
-    for lo in range(0, trajectories, batch_size):
-        seeds = [trajectory_seed(seed, j) for j in range(lo, min(lo + batch_size, trajectories))]
-        sample(teacher, sched, seeds, teacher.sample_shape, eta=sampler.eta, device=device)
+    for a in range(0, trajectories, shard_size):
+        b = min(a + shard_size, trajectories)
+        for lo in range(a, b, batch_size):
+            seeds = [trajectory_seed(seed, j) for j in range(lo, min(lo + batch_size, b))]
+            sample(teacher, sched, seeds, teacher.sample_shape, eta=sampler.eta, device=device)
     _sync(device)
     return time.perf_counter() - t0
 
@@ -46,7 +50,7 @@ def read_rate(url: str, batch_size: int, shuffle_buffer: int) -> float:
     epochs = max(1, -(-2 * batch_size // r.num_records))  # the loader drops a last partial batch: read enough for two
     loader = r.loader(batch_size, num_workers=0, shuffle_buffer=shuffle_buffer, seed=0, epochs=epochs)
     t0, n = time.perf_counter(), 0
-    for x, t, target in loader:
+    for x, *_ in loader:
         n += len(x)
     return n / (time.perf_counter() - t0)
 
@@ -100,7 +104,7 @@ def bench_cache(teacher: str = "builtin:digits", trajectories: int = 256, batch_
         share = {f: [] for f in FORMATS}
         # interleave bare sampling and each format so load changes on a shared machine hit all of them alike
         for rep in range(repeats):
-            bare.append(bare_sampling(t, sampler, trajectories, batch_size, 0, dev))
+            bare.append(bare_sampling(t, sampler, trajectories, batch_size, shard_size, 0, dev))
             log(f"bare teacher sampling: {n_records / bare[-1]:.0f} records/s")
             for f in FORMATS:
                 cfg = GenerateConfig(teacher=teacher, out=f"{tmp}/{f}-{rep}", trajectories=trajectories, sampler=sampler,

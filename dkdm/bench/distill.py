@@ -40,7 +40,7 @@ def _trainer(cfg: DistillConfig, spec, acc):
 def _time(trainer, source, steps: int, warmup: int) -> float:
     """Steps per second over `steps` timed steps (after `warmup` untimed ones), data loading included."""
     def one():
-        x, t, target = next(source)
+        x, t, target, *_ = next(source)
         trainer.step([Batch(x, t, target[:, :trainer.channels], target)])
 
     for _ in range(warmup):

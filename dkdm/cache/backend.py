@@ -105,7 +105,7 @@ def check_shard(store: Store, shard: dict, deep: bool = False) -> str | None:
         if not deep:
             return None
     try:
-        n = sum(1 for _ in raw_records(store, shard, verified=True))
+        n = sum(len(b) for b in raw_blocks(store, shard, verified=True))
     except DkdmError as exc:
         return f"{shard['file']}: {exc}"
     if n != shard["records"]:
@@ -113,18 +113,25 @@ def check_shard(store: Store, shard: dict, deep: bool = False) -> str | None:
     return None
 
 
-def raw_records(store: Store, shard: dict, verified: bool = False) -> Iterator[tuple]:
-    """(x_t, target, meta) in storage dtype; the shard's bytes are checked against the manifest first."""
+def raw_blocks(store: Store, shard: dict, verified: bool = False) -> Iterator[rec.RecordBatch]:
+    """Record blocks in storage dtype; the shard's bytes are checked against the manifest first."""
     where = f"{store.url}/{shard['file']}"
     if "files" in shard:
         if not verified:
             problem = zarr_backend.verify_files(store, shard)
             if problem:
                 raise DkdmError(f"shard {problem} in {store.url}; run `dkdm cache verify`")
-        yield from zarr_backend.iter_shard_records(zarr_backend.read_shard(store, shard), where)
+        yield from zarr_backend.iter_shard_blocks(zarr_backend.read_shard(store, shard), where)
     else:
         data = wds_backend.read_verified(store, shard)
-        yield from wds_backend.iter_shard_records(data, where)
+        yield from wds_backend.iter_shard_blocks(data, where)
+
+
+def raw_records(store: Store, shard: dict) -> Iterator[tuple]:
+    """(x_t, target, meta) one record at a time: for inspection and tests, not for training."""
+    for block in raw_blocks(store, shard):
+        for i in range(len(block)):
+            yield block.record(i)
 
 
 def records(store: Store, shard: dict, dtype: str) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, dict]]:

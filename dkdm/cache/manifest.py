@@ -1,4 +1,4 @@
-"""Cache identity, the manifest (cache format v1) and per-shard sidecars."""
+"""Cache identity, the manifest (cache format v2) and per-shard sidecars."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .. import __version__
 from ..errors import DkdmError
 from .store import Store
 
-FORMAT = "dkdm-cache/1"
+FORMAT = "dkdm-cache/2"  # v2: tar samples hold record blocks (v1: one record per sample)
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 
@@ -61,6 +61,9 @@ def read_manifest(store: Store) -> dict:
         m = json.loads(store.read_bytes(MANIFEST))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DkdmError(f"{store.url}/{MANIFEST} is not valid JSON ({exc})") from exc
+    if isinstance(m, dict) and m.get("format") == "dkdm-cache/1":
+        raise DkdmError(f"{store.url} is a dkdm-cache/1 cache (one tar sample per record), written by dkdm < 0.2; "
+                        f"this dkdm reads {FORMAT}: regenerate it with `dkdm generate`")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise DkdmError(f"{store.url} is not a dkdm cache of format {FORMAT} (format={m.get('format') if isinstance(m, dict) else None!r})")
     return m

@@ -1,4 +1,6 @@
-"""One record = (x_t, t, target, traj, step, cond); how it is laid out as bytes, without pickles."""
+"""Records and blocks: a record is (x_t, t, target, traj, step, cond); records are stored and read in
+blocks (one teacher batch at one step), because per-record encoding and decoding was what made
+writing the cache slow down the teacher and reading it stall the trainer."""
 
 from __future__ import annotations
 
@@ -11,14 +13,17 @@ import torch
 
 from ..errors import DkdmError
 
-KEY_FORMAT = "{traj:010d}_{step:04d}"  # no dot: webdataset splits the key at the first dot
+KEY_FORMAT = "{traj:010d}_{step:04d}"  # first record of the block; no dot: webdataset splits keys at the first dot
 MEMBERS = ("x_t.npy", "target.npy", "meta.json")
+SCALARS = ("t", "traj", "step", "cond")
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
 class RecordBatch:
-    x_t: np.ndarray  # (N, C, H, W) storage dtype (bf16 stored as uint16 bits)
+    """A block of records: arrays with the record axis first, in storage dtype (bf16 as uint16 bits)."""
+
+    x_t: np.ndarray  # (N, C, H, W)
     target: np.ndarray
     t: np.ndarray  # (N,) int64
     traj: np.ndarray
@@ -27,6 +32,14 @@ class RecordBatch:
 
     def __len__(self) -> int:
         return len(self.t)
+
+    def record(self, i: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        return self.x_t[i], self.target[i], {k: int(getattr(self, k)[i]) for k in SCALARS}
+
+    def torch(self, dtype: str) -> tuple[torch.Tensor, ...]:
+        """(x_t, t, target, cond) as tensors sharing this block's memory; x_t/target stay in storage dtype."""
+        return (storage_tensor(self.x_t, dtype), torch.from_numpy(self.t), storage_tensor(self.target, dtype),
+                torch.from_numpy(self.cond))
 
 
 def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
@@ -39,11 +52,13 @@ def to_storage(x: torch.Tensor, dtype: str) -> np.ndarray:
     return y.numpy()
 
 
-def from_storage(arr: np.ndarray, dtype: str) -> torch.Tensor:
+def storage_tensor(arr: np.ndarray, dtype: str) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(arr))
-    if dtype == "bfloat16":
-        t = t.view(torch.bfloat16)
-    return t.float()
+    return t.view(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+def from_storage(arr: np.ndarray, dtype: str) -> torch.Tensor:
+    return storage_tensor(arr, dtype).float()
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -59,13 +74,14 @@ def load_npy(data: bytes, where: str) -> np.ndarray:
         raise DkdmError(f"{where}: not a plain numeric .npy member ({exc})") from exc
 
 
-def encode(batch: RecordBatch, i: int) -> dict:
-    meta = {"t": int(batch.t[i]), "traj": int(batch.traj[i]), "step": int(batch.step[i]), "cond": int(batch.cond[i])}
+def encode(batch: RecordBatch) -> dict:
+    """One tar sample per block: the arrays as two .npy members, the scalars as JSON lists."""
+    meta = {k: getattr(batch, k).tolist() for k in SCALARS}
     return {
-        "__key__": KEY_FORMAT.format(traj=meta["traj"], step=meta["step"]),
-        "x_t.npy": npy_bytes(batch.x_t[i]),
-        "target.npy": npy_bytes(batch.target[i]),
-        "meta.json": json.dumps(meta, sort_keys=True).encode(),
+        "__key__": KEY_FORMAT.format(traj=int(batch.traj[0]), step=int(batch.step[0])),
+        "x_t.npy": npy_bytes(batch.x_t),
+        "target.npy": npy_bytes(batch.target),
+        "meta.json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
     }
 
 
@@ -73,13 +89,34 @@ def check_members(sample: dict, where: str) -> None:
     """Only our three members may appear: a .pth/.pyd/.pickle member is refused, never decoded."""
     extra = [k for k in sample if not k.startswith("__") and k not in MEMBERS]
     if extra:
-        raise DkdmError(f"{where}: record {sample.get('__key__')} has unexpected member(s) {extra}; refusing (caches never contain code or pickles)")
+        raise DkdmError(f"{where}: sample {sample.get('__key__')} has unexpected member(s) {extra}; refusing (caches never contain code or pickles)")
     missing = [m for m in MEMBERS if m not in sample]
     if missing:
-        raise DkdmError(f"{where}: record {sample.get('__key__')} lacks {missing}")
+        raise DkdmError(f"{where}: sample {sample.get('__key__')} lacks {missing}")
 
 
-def decode(sample: dict, where: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def decode(sample: dict, where: str) -> RecordBatch:
     check_members(sample, where)
-    meta = json.loads(sample["meta.json"])
-    return load_npy(sample["x_t.npy"], where), load_npy(sample["target.npy"], where), meta
+    key = sample.get("__key__")
+    try:
+        meta = json.loads(sample["meta.json"])
+        scalars = {k: np.asarray(meta[k], dtype=np.int64) for k in SCALARS}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DkdmError(f"{where}: sample {key} has a bad meta.json ({exc})") from exc
+    return check_block(RecordBatch(x_t=load_npy(sample["x_t.npy"], where), target=load_npy(sample["target.npy"], where),
+                                   **scalars), f"{where}: sample {key}")
+
+
+def check_block(b: RecordBatch, where: str) -> RecordBatch:
+    n = len(b.t)
+    if b.t.ndim != 1 or any(getattr(b, k).shape != (n,) for k in SCALARS) or b.x_t.ndim != 4 or len(b.x_t) != n \
+            or len(b.target) != n or b.target.ndim != 4:
+        raise DkdmError(f"{where}: block arrays disagree in length or rank "
+                        f"(x_t {b.x_t.shape}, target {b.target.shape}, t {b.t.shape})")
+    if n and (b.t.min() < 0 or b.step.min() < 0):
+        raise DkdmError(f"{where}: holds rows that were never written (t or step < 0)")
+    return b
+
+
+def concat(blocks: list[RecordBatch]) -> RecordBatch:
+    return RecordBatch(**{k: np.concatenate([getattr(b, k) for b in blocks]) for k in ("x_t", "target", *SCALARS)})

@@ -1,4 +1,4 @@
-"""webdataset backend: one tar shard per trajectory block, verified before any record is used."""
+"""webdataset backend: one tar shard per range of trajectories, one tar sample per record block; verified before use."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import zlib
 from collections import Counter
 from typing import Iterator
 
+import numpy as np
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -32,17 +33,18 @@ class TarShardWriter:
         self.suffix = GZ_SUFFIX if gz else SUFFIX
         self.tmp = store.temp_file(SHARD_DIR, self.suffix)
         self._raw = open(self.tmp, "wb")
-        # gzip header without file name or time, so equal records still give equal bytes
-        self._fh = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=6) if gz else self._raw
+        # gzip header without file name or time, so equal records still give equal bytes; level 1: fp16 noise
+        # compresses to within 0.5% of level 6 at 3/4 of the time, and this runs beside the teacher
+        self._fh = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0, compresslevel=1) if gz else self._raw
         # mtime fixed and sorted members: the same records give the same bytes (and sha256)
         self._tar = wds.TarWriter(self._fh, encoder=False, mtime=0, user="dkdm", group="dkdm")
         self.count = 0
         self.t_hist: Counter = Counter()
 
     def add(self, batch: rec.RecordBatch) -> None:
-        for i in range(len(batch)):
-            self._tar.write(rec.encode(batch, i))
-            self.t_hist[int(batch.t[i])] += 1
+        self._tar.write(rec.encode(batch))
+        ts, counts = np.unique(batch.t, return_counts=True)
+        self.t_hist.update(dict(zip(ts.tolist(), counts.tolist())))
         self.count += len(batch)
 
     def add_many(self, batches) -> None:
@@ -83,8 +85,8 @@ def read_verified(store: Store, shard: dict) -> bytes:
     return data
 
 
-def iter_shard_records(data: bytes, where: str) -> Iterator[tuple]:
-    """(x_t, target, meta) of each record in a tar shard held in memory."""
+def iter_shard_blocks(data: bytes, where: str) -> Iterator[rec.RecordBatch]:
+    """The record blocks of a tar shard held in memory."""
     try:
         samples = group_by_keys(tar_file_expander([{"url": where, "stream": io.BytesIO(data)}]))
         for sample in samples:

@@ -93,7 +93,8 @@ class ZarrShardWriter:
         if self.count > per:
             raise DkdmError(f"shard {self.name} got {self.count} records, more than its {per} slots")
         lo = self.index * per
-        cat = {k: np.concatenate([getattr(b, k) for b in self.batches]) for k in (*TENSORS, *SCALARS)}
+        block = rec.concat(self.batches)
+        cat = {k: getattr(block, k) for k in (*TENSORS, *SCALARS)}
         # every shard file must exist even when its values equal the fill value (cond = -1 everywhere)
         with zarr.config.set({"array.write_empty_chunks": True}):
             for k, v in cat.items():
@@ -141,11 +142,7 @@ def read_shard(store: Store, shard: dict) -> dict[str, np.ndarray]:
         raise DkdmError(f"shard {shard['file']} in {store.url} cannot be decoded: {exc}") from exc
 
 
-def iter_shard_records(arrays: dict, where: str) -> Iterator[tuple]:
-    """(x_t, target, meta) per row, the same triple the tar backend yields."""
-    for i in range(len(arrays["t"])):
-        meta = {k: int(arrays[k][i]) for k in SCALARS}
-        if meta["t"] < 0:
-            raise DkdmError(f"{where}: row {i} was never written (sidecar and data disagree)")
-        yield arrays["x_t"][i], arrays["target"][i], meta
+def iter_shard_blocks(arrays: dict, where: str) -> Iterator[rec.RecordBatch]:
+    """The shard's rows as one block, like the tar backend's blocks; unwritten rows (t = -1) are an error."""
+    yield rec.check_block(rec.RecordBatch(**arrays), where)
 

@@ -56,7 +56,7 @@ class TeacherPool:
         """Fill the pool from (x_t, t, target) cache records of the same schedule: no teacher steps spent."""
         pos = {int(t): i for i, t in enumerate(self.timesteps)}
         xs, idx = [], []
-        for x, t, _ in records:
+        for x, t, *_ in records:
             for xi, ti in zip(x, t.view(-1).tolist()):
                 if ti not in pos:
                     raise DkdmError(f"cache record at t={ti} is not on the live schedule {self.timesteps.tolist()}; "

@@ -32,9 +32,10 @@ class CacheSource:
     def __next__(self):
         if self._it is None:
             self._it = self._open()
-        x, t, target = next(self._it)
+        x, t, target, cond = next(self._it)
         self.consumed += 1
-        return x.to(self.device, non_blocking=True), t.to(self.device), target.to(self.device, non_blocking=True)
+        return (x.to(self.device, non_blocking=True), t.to(self.device), target.to(self.device, non_blocking=True),
+                cond.to(self.device))
 
     def state_dict(self) -> dict:
         return {"consumed": torch.tensor(self.consumed, dtype=torch.long)}
