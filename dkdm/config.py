@@ -16,7 +16,7 @@ PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
 
 @dataclass
 class UNetSpec:
-    """Architecture of a UNet2DModel built from scratch (teacher trained here, or a student)."""
+    """Architecture of a UNet built from scratch (teacher trained here, or a student)."""
 
     sample_size: int = 16
     in_channels: int = 1
@@ -27,6 +27,7 @@ class UNetSpec:
     norm_num_groups: int = 8
     attention_head_dim: int = 8
     learned_variance: bool = False
+    cross_attention_dim: int | None = None  # set from a text-conditioned teacher: the student is a UNet2DConditionModel
 
 
 @dataclass
@@ -76,7 +77,7 @@ class GenerateConfig:
 
 @dataclass
 class DistillConfig:
-    teacher: str = "builtin:digits"
+    teacher: str = ""  # optional with a cache (checks its fingerprint); needed for live sources
     out: str = "runs/student"
     source: str = "cache"  # cache | live | both
     cache: str = ""

@@ -54,13 +54,15 @@ def _needs_noise(sched) -> bool:
     return type(sched).__name__ in ("DDPMScheduler", "EulerAncestralDiscreteScheduler")
 
 
-def unet_fn(unet) -> Callable:
-    """Adapt a UNet2DModel to model(x, t) -> output tensor."""
+def unet_fn(unet, cond: torch.Tensor | None = None) -> Callable:
+    """Adapt a UNet2DModel (or a UNet2DConditionModel with fixed prompt embeddings `cond`) to model(x, t) -> output."""
 
     def f(x, t):
         dtype = next(unet.parameters()).dtype
         if not torch.is_tensor(t) or t.dim() == 0:
             t = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+        if cond is not None:
+            return unet(x.to(dtype), t, encoder_hidden_states=cond.to(x.device, dtype)).sample.float()
         return unet(x.to(dtype), t).sample.float()
 
     return f

@@ -94,3 +94,50 @@ def test_conditional_teacher_needs_prompts(cond_teacher, tiny_teacher, tmp_path)
     other = save_tiny_conditional_teacher(tmp_path / "other", seed=1)
     assert load_teacher(str(other)).fingerprint != load_teacher(str(cond_teacher)).fingerprint
     assert np.isfinite(load_teacher(str(cond_teacher)).encode_prompts(["a"])[0].numpy()).all()
+
+
+def test_distill_a_text_conditioned_student_from_its_cache(cond_teacher, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from dkdm.config import DistillConfig, SamplerConfig, UNetSpec
+    from dkdm.distill.loop import distill
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a seven\na two\nzero\n")
+    cache = tmp_path / "c"
+    generate(gen_cfg(cond_teacher, cache, trajectories=6, shard_size=3, batch_size=3, prompts=str(prompts),
+                     guidance_scale=2.0, sampler=SamplerConfig(steps=3)), progress=False)
+    r = CacheReader(str(cache))
+    cond_of = {}
+    for shard in r.manifest["shards"]:
+        for b in r.blocks(shard):
+            for i in range(len(b)):
+                cond_of[b.x_t[i].tobytes()] = int(b.cond[i])
+    n = 0
+    for x, t, target, cond in r.loader(4, shuffle_buffer=8, epochs=1):
+        for xi, ci in zip(x, cond):  # the shuffled loader keeps each record with its own prompt row
+            assert cond_of[xi.half().numpy().tobytes()] == int(ci)
+            n += 1
+    assert n == 16 and sorted(set(cond_of.values())) == [0, 1, 2]
+
+    seen = []
+    student = UNetSpec(block_out_channels=(8, 8), attention_levels=(0,), norm_num_groups=4, attention_head_dim=4)
+    base = dict(out=str(tmp_path / "run"), student=student, steps=4, batch_size=4, shuffle_buffer=8, num_workers=0,
+                device="cpu", log_every=1)
+    distill(DistillConfig(cache=str(cache), **base), progress=False,
+            on_step=lambda step, micro, acc, s: seen.append(micro[0].cond.clone()))
+    emb = read_embeddings(Store(cache))["emb"]
+    assert len(seen) == 4
+    for c in seen:
+        assert c.shape == (4, 8, 16) and all(any(torch.equal(ci, e) for e in emb) for ci in c)
+    u = UNet2DConditionModel.from_pretrained(tmp_path / "run" / "student" / "unet")
+    assert u.config.cross_attention_dim == 16 and u.config.sample_size == 8
+    assert (tmp_path / "run" / "student_samples.png").stat().st_size > 0
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        a = u(x, 10, encoder_hidden_states=emb[[0, 0]]).sample
+        b = u(x, 10, encoder_hidden_states=emb[[1, 1]]).sample
+    assert not torch.allclose(a, b)  # the prompt reaches the student
+    with pytest.raises(DkdmError, match="from its cache only"):
+        distill(DistillConfig(teacher=str(cond_teacher), source="live", **{**base, "out": str(tmp_path / "live")}),
+                progress=False)

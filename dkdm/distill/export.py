@@ -17,12 +17,15 @@ def export_student(unet, sched, out: str | Path, card: dict) -> Path:
     unet.save_pretrained(out / "unet", safe_serialization=True)
     sched.save_pretrained(out / "scheduler")
     cls = type(sched).__name__
-    atomic_write_json(out / "model_index.json", {
-        "_class_name": PIPELINE_FOR.get(cls, "DDIMPipeline"),
-        "_diffusers_version": diffusers.__version__,
-        "unet": ["diffusers", "UNet2DModel"],
-        "scheduler": ["diffusers", cls],
-    })
+    if type(unet).__name__ == "UNet2DModel":
+        atomic_write_json(out / "model_index.json", {
+            "_class_name": PIPELINE_FOR.get(cls, "DDIMPipeline"),
+            "_diffusers_version": diffusers.__version__,
+            "unet": ["diffusers", "UNet2DModel"],
+            "scheduler": ["diffusers", cls],
+        })
+    # a text-conditioned student has no pixel-space pipeline class in diffusers: load unet/ and scheduler/
+    # and condition it with the teacher's text encoder (named in dkdm_student.json)
     atomic_write_json(out / "dkdm_student.json", card)
     return out
 

@@ -16,6 +16,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from .. import config as cfgmod
+from ..cache.embeddings import read_embeddings
 from ..cache.reader import CacheReader
 from ..config import DistillConfig
 from ..errors import DkdmError
@@ -138,6 +139,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     # the training (DDPM) schedule: noising real images, and the posterior of the KL term
     noise_sched = diffusers.DDPMScheduler.from_config({k: v for k, v in base_sched_cfg.items() if not k.startswith("_")})
     spec = student_spec_for(teacher_cfg, cfg.student)
+    emb = conditioning_table(reader, teacher, rows, device)
     student = build_unet(spec)
     channels = spec.in_channels
     student_tap = None
@@ -184,6 +186,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
 
     def next_batch() -> Batch:
         parts = [next(sources[k]) for k in ("cache", "live") if k in sources]
+        cond = emb[parts[0][3]] if emb is not None else None  # conditional: the cache is the only source
         feats = teacher_tap.take() if cfg.feature_kd > 0 else None
         xs, ts, outs = [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts]
         c_out = min((o.shape[1] for o in outs), default=channels)
@@ -193,7 +196,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
             xr, tr, nr = next(sources["real"])
             xs, ts, eps = xs + [xr], ts + [tr], eps + [nr]
         live_rows = slice(rows["cache"], rows["cache"] + rows["live"])
-        return Batch(torch.cat(xs), torch.cat(ts), torch.cat(eps), teacher_out, feats, live_rows)
+        return Batch(torch.cat(xs), torch.cat(ts), torch.cat(eps), teacher_out, feats, live_rows, cond)
 
     def save_checkpoint(step: int) -> None:
         ckpt.save(acc, out / "checkpoints" / f"step-{step:08d}", step, ema, lr_sched, sources,
@@ -225,7 +228,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                     log.write(row)
             bar.update(1, loss=loss, rec_s=rate)
             if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process:
-                save_sample_grid(acc.unwrap_model(student), ema, sched, spec, out / "samples" / f"step-{done:08d}.png", device)
+                save_sample_grid(acc.unwrap_model(student), ema, sched, spec, out / "samples" / f"step-{done:08d}.png", device,
+                                 cond=emb)
             if _any_rank(acc, stop.set):
                 interrupted = True
                 save_checkpoint(done)
@@ -256,10 +260,25 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
         export_student(final, sched, out / "student", card)
-        save_sample_grid(final, None, sched, spec, out / "student_samples.png", device)
+        save_sample_grid(final, None, sched, spec, out / "student_samples.png", device, cond=emb)
     acc.wait_for_everyone()
     acc.end_training()
     return summary
+
+
+def conditioning_table(reader, teacher, rows: dict, device) -> torch.Tensor | None:
+    """Prompt embeddings (n_prompts, seq, dim) of a text-conditioned cache, indexed by each record's `cond`.
+    The student learns the cached (guided) target, so it samples without classifier-free guidance."""
+    conditional = bool(reader is not None and reader.manifest.get("embeddings")) or bool(teacher and teacher.conditional)
+    if not conditional:
+        return None
+    if rows["live"] or rows["real"] or reader is None or not reader.manifest.get("embeddings"):
+        raise DkdmError("a text-conditioned teacher is distilled from its cache only: use --source cache --cache URL and "
+                        "no --real (live conditional pools and captioned real images are not supported yet)")
+    table = read_embeddings(reader.store)
+    if table["sha256"] != reader.manifest["embeddings"]["sha256"]:
+        raise DkdmError(f"{reader.store.url}: embeddings.zarr is not the one the manifest recorded (sha256 differs)")
+    return table["emb"].to(device)
 
 
 def _any_rank(acc, flag: bool) -> bool:

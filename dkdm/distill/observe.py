@@ -60,8 +60,9 @@ def start_trackers(acc, cfg) -> None:
 
 
 @torch.no_grad()
-def save_sample_grid(unet, ema, sched, spec, path: Path, device) -> None:
-    """64 samples from fixed seeds with the EMA weights (when given), as an 8x8 PNG grid."""
+def save_sample_grid(unet, ema, sched, spec, path: Path, device, cond: torch.Tensor | None = None) -> None:
+    """64 samples from fixed seeds with the EMA weights (when given), as an 8x8 PNG grid; a conditional
+    student gets `cond` (prompt embeddings, cycled so each column of the grid shares a prompt)."""
     params = list(unet.parameters())
     if ema is not None:
         ema.store(params)
@@ -69,7 +70,8 @@ def save_sample_grid(unet, ema, sched, spec, path: Path, device) -> None:
     was_training = unet.training
     unet.eval()
     try:
-        imgs = sample(unet_fn(unet), sched, GRID_SEEDS, (spec.in_channels, spec.sample_size, spec.sample_size), device=device)
+        c = cond[torch.arange(len(GRID_SEEDS)) % min(8, len(cond))] if cond is not None else None
+        imgs = sample(unet_fn(unet, c), sched, GRID_SEEDS, (spec.in_channels, spec.sample_size, spec.sample_size), device=device)
     finally:
         unet.train(was_training)
         if ema is not None:

@@ -18,6 +18,7 @@ class Batch:
     teacher_out: torch.Tensor | None = None  # (n_teacher, C or 2C, H, W) full teacher output
     teacher_feats: list | None = None  # block outputs of the teacher on the live rows
     live_rows: slice | None = None
+    cond: torch.Tensor | None = None  # (B, seq, dim) prompt embeddings for a text-conditioned student
 
     @property
     def n_teacher(self) -> int:
@@ -32,7 +33,10 @@ class StudentTrainer:
         self.feature_kd, self.tap, self.clip = feature_kd, student_tap, clip
 
     def loss(self, b: Batch) -> tuple[torch.Tensor, dict]:
-        out = self.student(b.x, b.t).sample
+        if b.cond is not None:
+            out = self.student(b.x, b.t, encoder_hidden_states=b.cond).sample
+        else:
+            out = self.student(b.x, b.t).sample
         loss = eps_mse(out, b.eps, self.channels)
         parts = {"eps_mse": loss.detach()}
         if self.kl_weight > 0 and b.n_teacher and b.teacher_out.shape[1] == 2 * self.channels and out.shape[1] == 2 * self.channels:
