@@ -92,7 +92,7 @@ class DistillConfig:
     warmup_steps: int = 100
     ema_decay: float = 0.995
     shuffle_buffer: int = 8192
-    num_workers: int = 1
+    num_workers: int = 0  # loader processes; blocks decode in microseconds, so 0 keeps up (bench distill)
     seed: int = 0
     device: str = "auto"
     log_every: int = 100

@@ -143,6 +143,12 @@ def test_tampered_shard_is_named(tiny_cache, tmp_path):
         list(r.records(r.manifest["shards"][2]))
     with pytest.warns(UserWarning, match="traj-000002.tar"):
         assert list(r.records(r.manifest["shards"][2], on_bad="skip")) == []
+    # the training stream (shards prefetched on a thread) names it too, or skips it and reads the rest
+    with pytest.raises(DkdmError, match="traj-000002.tar"):
+        list(r.loader(4, shuffle_buffer=8, epochs=1))
+    with pytest.warns(UserWarning, match="traj-000002.tar"):
+        got = list(r.loader(4, shuffle_buffer=8, epochs=1, on_bad="skip"))
+    assert sum(len(b[0]) for b in got) == 40  # shards 0 and 1: 8 trajectories x 5 steps
 
 
 def test_pickle_member_is_refused(tiny_cache, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from statistics import median
 import tempfile
 import time
 
@@ -99,20 +100,22 @@ def bench_cache(teacher: str = "builtin:digits", trajectories: int = 256, batch_
                         "read_batch": read_batch, "shuffle_buffer": shuffle_buffer},
            "formats": {}}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        bare = []
-        gen = {f: [] for f in FORMATS}
-        share = {f: [] for f in FORMATS}
-        # interleave bare sampling and each format so load changes on a shared machine hit all of them alike
+        bare, gen, share = [], {f: [] for f in FORMATS}, {f: [] for f in FORMATS}
+        paired = {f: [] for f in FORMATS}
+        # each generate run is paired with a bare run right before it, so a load swing on a shared machine
+        # moves both halves of a ratio; the median of the paired ratios is the result
         for rep in range(repeats):
-            bare.append(bare_sampling(t, sampler, trajectories, batch_size, shard_size, 0, dev))
-            log(f"bare teacher sampling: {n_records / bare[-1]:.0f} records/s")
             for f in FORMATS:
+                b = bare_sampling(t, sampler, trajectories, batch_size, shard_size, 0, dev)
                 cfg = GenerateConfig(teacher=teacher, out=f"{tmp}/{f}-{rep}", trajectories=trajectories, sampler=sampler,
                                      shard_size=shard_size, batch_size=batch_size, device=str(dev), dtype=dtype, format=f)
                 g = generate(cfg, progress=False)
+                bare.append(b)
                 gen[f].append(g["seconds"])
                 share[f].append(g["write_seconds"] / g["seconds"])
-                log(f"generate --format {f}: {n_records / gen[f][-1]:.0f} records/s")
+                paired[f].append(b / g["seconds"])
+                log(f"repeat {rep + 1}/{repeats}: bare {n_records / b:.0f} records/s, generate --format {f} "
+                    f"{n_records / g['seconds']:.0f} records/s (ratio {paired[f][-1]:.3f})")
         res["bare_records_per_s"] = n_records / min(bare)
         res["distill_records_per_s"] = distill_rate(t, student or UNetSpec(block_out_channels=(16, 32, 32)), read_batch,
                                                     distill_steps, dev)
@@ -124,8 +127,8 @@ def bench_cache(teacher: str = "builtin:digits", trajectories: int = 256, batch_
             log(f"read --format {f}: {rate:.0f} records/s")
             res["formats"][f] = {
                 "generate_records_per_s": n_records / min(gen[f]),
-                "generate_over_bare": min(bare) / min(gen[f]),
-                "generate_over_bare_per_repeat": [b / g for b, g in zip(bare, gen[f])],
+                "generate_over_bare": median(paired[f]),
+                "generate_over_bare_per_repeat": paired[f],
                 # robust to load swings on shared machines: the share of generate's time spent writing
                 "write_share": min(share[f]),
                 "one_minus_write_share": 1 - min(share[f]),
@@ -144,10 +147,10 @@ def markdown(res: dict) -> str:
     lines = [f"Machine: {res['machine']['platform']}, {res['machine']['processor']}, torch {res['machine']['torch']} "
              f"({res['machine']['torch_threads']} threads), device {s['device']}; {res['date']}.",
              f"Teacher {s['teacher']}, {s['trajectories']} trajectories x {s['steps']} DDIM steps, batch {s['batch_size']}, "
-             f"shards of {s['shard_size']} trajectories, {s['dtype']}; best of {s['repeats']}.",
+             f"shards of {s['shard_size']} trajectories, {s['dtype']}; {s['repeats']} repeats, each generate run paired with a bare run just before it.",
              f"Bare teacher sampling: {res['bare_records_per_s']:.0f} records/s; the distiller (student fwd+bwd+AdamW, "
              f"batch {s['read_batch']}) consumes {res['distill_records_per_s']:.0f} records/s.", "",
-             "| format | generate records/s | generate / bare (target >= 0.95; per repeat) | 1 - writer's share of generate | "
+             "| format | generate records/s | generate / bare, median of paired runs (target >= 0.95; per repeat) | 1 - writer's share of generate | "
              "read records/s | read / distiller | bytes/record | / raw fp32 (target <= 0.5) |", "|---|---|---|---|---|---|---|---|"]
     for f, r in res["formats"].items():
         per = ", ".join(f"{v:.2f}" for v in r["generate_over_bare_per_repeat"])

@@ -113,18 +113,28 @@ def check_shard(store: Store, shard: dict, deep: bool = False) -> str | None:
     return None
 
 
-def raw_blocks(store: Store, shard: dict, verified: bool = False) -> Iterator[rec.RecordBatch]:
-    """Record blocks in storage dtype; the shard's bytes are checked against the manifest first."""
-    where = f"{store.url}/{shard['file']}"
+def fetch(store: Store, shard: dict, verified: bool = False):
+    """A shard's content after its bytes matched the manifest: tar bytes, or zarr arrays. This is the I/O
+    part of reading, so a reader can run it on a thread for the next shard while decoding this one."""
     if "files" in shard:
         if not verified:
             problem = zarr_backend.verify_files(store, shard)
             if problem:
                 raise DkdmError(f"shard {problem} in {store.url}; run `dkdm cache verify`")
-        yield from zarr_backend.iter_shard_blocks(zarr_backend.read_shard(store, shard), where)
-    else:
-        data = wds_backend.read_verified(store, shard)
-        yield from wds_backend.iter_shard_blocks(data, where)
+        return zarr_backend.read_shard(store, shard)
+    return wds_backend.read_verified(store, shard)
+
+
+def blocks_of(store: Store, shard: dict, content) -> Iterator[rec.RecordBatch]:
+    where = f"{store.url}/{shard['file']}"
+    if "files" in shard:
+        return zarr_backend.iter_shard_blocks(content, where)
+    return wds_backend.iter_shard_blocks(content, where)
+
+
+def raw_blocks(store: Store, shard: dict, verified: bool = False) -> Iterator[rec.RecordBatch]:
+    """Record blocks in storage dtype; the shard's bytes are checked against the manifest first."""
+    yield from blocks_of(store, shard, fetch(store, shard, verified))
 
 
 def raw_records(store: Store, shard: dict) -> Iterator[tuple]:

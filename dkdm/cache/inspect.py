@@ -25,7 +25,8 @@ def info(url: str) -> dict:
         "bytes": tot.get("bytes", 0),
         "bytes_per_record": tot["bytes"] / tot["records"] if tot.get("records") else None,
         "raw_fp32_bytes_per_record": raw,
-        "t_hist": tot.get("t_hist", {}),
+        # JSON with sorted keys orders timesteps as strings ("39" after "359"): order them as numbers, high t first
+        "t_hist": dict(sorted(tot.get("t_hist", {}).items(), key=lambda kv: -int(kv[0]))),
         "backend": backend_of(m),
         "conditioning": m.get("embeddings"),
         "sealed_at": m.get("sealed_at"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import torch
@@ -33,11 +35,13 @@ class CacheReader:
     def num_records(self) -> int:
         return self.manifest["totals"]["records"]
 
-    def blocks(self, shard: dict, on_bad: str = "error") -> Iterator[RecordBatch]:
-        """One shard's record blocks, after its bytes matched the manifest; on_bad='skip' warns and yields nothing."""
-        it = backend.raw_blocks(self.store, shard)
+    def blocks(self, shard: dict, on_bad: str = "error", fetched: Future | None = None) -> Iterator[RecordBatch]:
+        """One shard's record blocks, after its bytes matched the manifest; on_bad='skip' warns and yields nothing.
+        `fetched` is the shard's content already being read on a thread (see CacheStream)."""
         try:
-            first = next(it, None)  # the integrity check runs before the first block
+            content = fetched.result() if fetched is not None else backend.fetch(self.store, shard)
+            it = backend.blocks_of(self.store, shard, content)
+            first = next(it, None)
         except DkdmError as exc:
             if on_bad == "skip":
                 warnings.warn(f"skipping bad shard: {exc}")
@@ -73,15 +77,28 @@ class CacheStream(IterableDataset):
             raise DkdmError(f"cache has {len(reader.manifest['shards'])} shards, fewer than the {world} ranks reading it; "
                             "generate with a smaller --shard-size")
 
-    def _blocks(self, worker: int, workers: int):
+    def _shards(self, worker: int, workers: int) -> Iterator[dict]:
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
-            shards = shard_order(self.reader.manifest["shards"], self.seed, epoch, self.rank, self.world, worker, workers,
-                                 shuffle=True)
-            for shard in shards:
-                for block in self.reader.blocks(shard, self.on_bad):
-                    yield block.torch(self.reader.dtype)
+            yield from shard_order(self.reader.manifest["shards"], self.seed, epoch, self.rank, self.world, worker, workers,
+                                   shuffle=True)
             epoch += 1
+
+    def _blocks(self, worker: int, workers: int):
+        """Blocks in shard order; the next shard is fetched (read + sha256) on a thread while this one is decoded,
+        so an object store's latency does not stall the trainer."""
+        with ThreadPoolExecutor(1, thread_name_prefix="dkdm-prefetch") as io:
+            pending: deque = deque()
+            for shard in self._shards(worker, workers):
+                pending.append((shard, io.submit(backend.fetch, self.reader.store, shard)))
+                if len(pending) > 1:
+                    yield from self._decode(*pending.popleft())
+            while pending:
+                yield from self._decode(*pending.popleft())
+
+    def _decode(self, shard: dict, fetched: Future):
+        for block in self.reader.blocks(shard, self.on_bad, fetched):
+            yield block.torch(self.reader.dtype)
 
     def __iter__(self):
         info = get_worker_info()
