@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ from .errors import DkdmError
 from .progress import progress_bar
 from .runtime import pick_device, positive
 from .sampling import SEED_RULE, sample, trajectory_seed
-from .schedulers import make_scheduler
+from .schedulers import make_scheduler, stable_scheduler
 from .teacher import load_teacher
 
 
@@ -86,14 +87,18 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     validate(cfg)
     device = pick_device(cfg.device)
     teacher = load_teacher(cfg.teacher, device)
-    sched = make_scheduler(cfg.sampler, teacher.scheduler_config)
+    sched, spacing = stable_scheduler(cfg.sampler, teacher.scheduler_config)
+    if spacing != cfg.sampler.timestep_spacing and rank == 0:
+        first = int(make_scheduler(cfg.sampler, teacher.scheduler_config).timesteps[0])
+        print(f"note: {cfg.sampler.scheduler} diverges from t={first} with this teacher's noise schedule; "
+              f"sampling with '{spacing}' spacing (recorded in the manifest)", file=sys.stderr)
     timesteps = [int(t) for t in sched.timesteps]
     kept = parse_keep(cfg.keep, len(timesteps))
     shape = teacher.sample_shape
     out_ch = teacher.unet.config.out_channels
     cond = conditioning(teacher, cfg)
     sampler = {"scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "eta": cfg.sampler.eta,
-               "timestep_spacing": cfg.sampler.timestep_spacing, "guidance_scale": cond.guidance_scale if cond else 1.0,
+               "timestep_spacing": spacing, "guidance_scale": cond.guidance_scale if cond else 1.0,
                "timesteps": timesteps, "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed,
                "seed_rule": SEED_RULE, "dtype": cfg.dtype}
     if cond:

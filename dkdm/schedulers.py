@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import diffusers
@@ -32,6 +33,17 @@ def make_scheduler(cfg: SamplerConfig, base_config: dict):
     sched = cls.from_config({**base, **extra})
     sched.set_timesteps(cfg.steps)
     return sched
+
+
+def stable_scheduler(cfg: SamplerConfig, base_config: dict):
+    """make_scheduler, but DPM-Solver++ and Euler start from 'leading' spacing when the first timestep has
+    alpha_bar < 1e-6 (squaredcos_cap_v2 at t=999: 2.4e-9, sigma ~ 2e4, every sample diverges; linear: 4e-5,
+    fine). Returns (sched, spacing used): callers record the spacing they actually sampled with."""
+    sched = make_scheduler(cfg, base_config)
+    if cfg.scheduler in ("dpm++", "euler") and float(sched.alphas_cumprod[int(sched.timesteps[0])]) < 1e-6:
+        cfg = dataclasses.replace(cfg, timestep_spacing="leading")
+        sched = make_scheduler(cfg, base_config)
+    return sched, cfg.timestep_spacing
 
 
 def step(sched, model_output: torch.Tensor, t, x: torch.Tensor, eta: float = 0.0, generator=None) -> torch.Tensor:

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from dkdm.cache.inspect import info, verify
 from dkdm.cache.manifest import read_manifest
@@ -200,3 +201,17 @@ def test_base_seed_changes_trajectories(tiny_cache, tiny_teacher, tmp_path):
     xa = next(a.records(a.manifest["shards"][0]))[0]
     xb = next(b.records(b.manifest["shards"][0]))[0]
     assert not np.allclose(xa.numpy(), xb.numpy())
+
+
+def test_dpm_solver_cache_switches_to_leading_spacing(tiny_teacher, tmp_path):
+    """DPM-Solver++ from t=999 of a squaredcos schedule diverges: generate samples with 'leading' spacing,
+    records it, and the records stay finite."""
+    from dkdm.config import SamplerConfig
+
+    generate(gen_cfg(tiny_teacher, tmp_path / "d", trajectories=4, sampler=SamplerConfig(scheduler="dpm++", steps=5)),
+             progress=False)
+    m = read_manifest(Store(tmp_path / "d"))
+    assert m["sampler"]["timestep_spacing"] == "leading" and m["sampler"]["timesteps"][0] < 999
+    r = CacheReader(str(tmp_path / "d"))
+    for x, t, target in r.records(r.manifest["shards"][0]):
+        assert torch.isfinite(x).all() and torch.isfinite(target).all() and x.abs().max() < 1e3

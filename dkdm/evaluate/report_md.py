@@ -41,7 +41,10 @@ def render_markdown(report: dict) -> str:
                  f"{r['images_per_s'] / t['images_per_s']:.2f}x | {r['latency_b1_ms_p50']:.1f} / {r['latency_b1_ms_p95']:.1f} | "
                  f"{r['params']:,} | {r['flops_per_step'] / 1e9:.4f} | {r['flops_per_image'] / 1e9:.3f} | {_mem(r)} | {_energy(r)} |")
     L += ["", f"images/s at batch {t['batch_size']}: median of {len(t['seconds_per_batch_all'])} timed runs after a warm-up "
-              f"({t['timer']}); latency: batch 1, all steps."]
+              f"({t['timer']}), the models taking turns in each round; latency: batch 1, all steps."]
+    for name, per in report.get("speedups_per_round", {}).items():
+        L.append(f"Speed-up of {name} per round (teacher seconds / student seconds, back to back): "
+                 + ", ".join(f"{v:.2f}x" for v in per) + ".")
     if not report["energy"]["available"]:
         L.append(f"Energy: **unavailable** on this machine — {report['energy']['reason']}. No estimate is given.")
     else:

@@ -27,7 +27,7 @@ from .models import load_student_unet, student_name
 from .paired import is_deterministic, paired_scores
 from .reference import real_reference, teacher_reference
 from .report_md import render_markdown
-from .speed import flops_per_step, speed_report, weights_bytes
+from .speed import flops_per_step, speed_report, time_sampling, weights_bytes
 from .sweep import cheapest_reaching, pareto_front, run_sweep, scheduler_for
 
 
@@ -105,6 +105,9 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
 
     counter, energy_reason = open_counter(device)
     batch_sizes = list(dict.fromkeys(cfg.speed_batch_sizes or [cfg.batch_size]))
+    # the headline batch size is timed with the models taking turns, so the speed-up survives load swings
+    main_times, main_joules = time_sampling({n: unet_fn(u) for n, u in models.items()}, sched, shape, batch_sizes[0],
+                                            cfg.speed_repeats, device=device, counter=counter)
     results = {}
     for n, unet in models.items():
         fps = flops_per_step(unet, shape, device)
@@ -116,7 +119,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             "flops_per_step": fps,
             "flops_per_image": fps * steps,
             **speed_report(unet_fn(unet), sched, shape, batch_sizes, cfg.speed_repeats, device=device,
-                           counter=counter, energy_reason=energy_reason),
+                           counter=counter, energy_reason=energy_reason, main=(main_times[n], main_joules[n])),
         }
         if n != "teacher":
             r["fid_vs_teacher"] = metrics.fid(feats[n], feats["teacher"])
@@ -156,6 +159,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         "students": {n: results[n] for n in names[1:]},
         "speedup": results[first]["images_per_s"] / results["teacher"]["images_per_s"],
         "speedups": {n: results[n]["images_per_s"] / results["teacher"]["images_per_s"] for n in names[1:]},
+        # per round, teacher seconds / student seconds of back-to-back runs: the spread shows how steady the machine was
+        "speedups_per_round": {n: [a / b for a, b in zip(main_times["teacher"], main_times[n])] for n in names[1:]},
         "fid_ratio": results[first]["fid"] / results["teacher"]["fid"] if results["teacher"]["fid"] else None,
         "sampler": {**cfgmod.to_dict(cfg.sampler), "class": type(sched).__name__},
         "paired_sampler": {**cfgmod.to_dict(paired_cfg), "reused_main_samples": paired_cfg is cfg.sampler},

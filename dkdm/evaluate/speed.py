@@ -39,19 +39,28 @@ class Timer:
             self.seconds = time.perf_counter() - self.t0
 
 
-def time_sampling(model, sched, shape, batch_size: int, repeats: int = 5, warmup: int = 1, device="cpu", counter=None):
-    """Seconds per full sampling run of one batch (all steps) x `repeats` after `warmup`, and joules over the repeats."""
+def time_sampling(models: dict, sched, shape, batch_size: int, repeats: int = 5, warmup: int = 1, device="cpu",
+                  counter=None) -> tuple[dict, dict]:
+    """Seconds per full sampling run of one batch for each model, `repeats` rounds after `warmup`; in each round
+    the models take turns, so a load swing on a shared machine hits all of them alike. Joules per model are
+    summed over its own runs (None without a counter)."""
     seeds = list(range(batch_size))
-    for _ in range(warmup):
-        sample(model, sched, seeds, shape, device=device)
+    for fn in models.values():
+        for _ in range(warmup):
+            sample(fn, sched, seeds, shape, device=device)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-    times, token = [], counter.start() if counter else None
+    times = {n: [] for n in models}
+    joules = {n: 0.0 if counter else None for n in models}
     for _ in range(repeats):
-        with Timer(device) as tm:
-            sample(model, sched, seeds, shape, device=device)
-        times.append(tm.seconds)
-    joules = counter.stop(token) if counter else None
+        for n, fn in models.items():
+            token = counter.start() if counter else None
+            with Timer(device) as tm:
+                sample(fn, sched, seeds, shape, device=device)
+            times[n].append(tm.seconds)
+            if counter:
+                j = counter.stop(token)
+                joules[n] = None if j is None or joules[n] is None else joules[n] + j
     return times, joules
 
 
@@ -60,18 +69,22 @@ def percentile(sorted_vals: list[float], q: float) -> float:
 
 
 def speed_report(model, sched, shape, batch_sizes: list[int], repeats: int, device="cpu", counter=None,
-                 energy_reason: str | None = None) -> dict:
-    """images/s per batch size, batch-1 latency p50/p95, peak memory, energy per image (first batch size)."""
+                 energy_reason: str | None = None, main: tuple | None = None) -> dict:
+    """images/s per batch size, batch-1 latency p50/p95, peak memory, energy per image (first batch size).
+    `main` = (times, joules) of the first batch size already measured (interleaved with other models)."""
     throughput = {}
     joules_main = None
     for i, bs in enumerate(batch_sizes):
-        times, joules = time_sampling(model, sched, shape, bs, repeats, device=device, counter=counter if i == 0 else None)
+        if i == 0 and main is not None:
+            times, joules = main
+        else:
+            t, j = time_sampling({"m": model}, sched, shape, bs, repeats, device=device, counter=counter if i == 0 else None)
+            times, joules = t["m"], j["m"]
         med = statistics.median(times)
         throughput[str(bs)] = {"images_per_s": bs / med, "seconds_per_batch_median": med, "seconds_per_batch_all": times}
         if i == 0:
             joules_main = joules
-    lat, _ = time_sampling(model, sched, shape, 1, max(repeats, 5), device=device)
-    lat = sorted(lat)
+    lat = sorted(time_sampling({"m": model}, sched, shape, 1, max(repeats, 5), device=device)[0]["m"])
     main = throughput[str(batch_sizes[0])]
     out = {
         "batch_size": batch_sizes[0],

@@ -9,19 +9,14 @@ import torch
 from ..config import SamplerConfig
 from ..progress import progress_bar
 from ..sampling import sample
-from ..schedulers import make_scheduler
+from ..schedulers import make_scheduler, stable_scheduler
 from .features import extract
 from .speed import Timer
 
 
 def scheduler_for(kind: str, steps: int, spacing: str, sched_config: dict):
-    """make_scheduler, but DPM-Solver++ and Euler start from 'leading' spacing when the first timestep has
-    alpha_bar < 1e-6 (squaredcos_cap_v2 at t=999: 2.4e-9, sigma ~ 2e4, every sample diverges; linear: 4e-5, fine); returns (sched, spacing)."""
-    sched = make_scheduler(SamplerConfig(scheduler=kind, steps=steps, timestep_spacing=spacing), sched_config)
-    if kind in ("dpm++", "euler") and float(sched.alphas_cumprod[int(sched.timesteps[0])]) < 1e-6:
-        spacing = "leading"
-        sched = make_scheduler(SamplerConfig(scheduler=kind, steps=steps, timestep_spacing=spacing), sched_config)
-    return sched, spacing
+    """(sched, spacing used) for one sweep point; see schedulers.stable_scheduler."""
+    return stable_scheduler(SamplerConfig(scheduler=kind, steps=steps, timestep_spacing=spacing), sched_config)
 
 
 def run_sweep(models: dict, sched_config: dict, schedulers: list[str], steps_list: list[int], seeds, shape,
