@@ -54,3 +54,15 @@ def positive(name: str, value: int | float) -> None:
     """Sizes users pass must be > 0: say which one is not."""
     if value is None or value <= 0:
         raise DkdmError(f"{name} must be a positive number, got {value}")
+
+
+def accelerator(**kw):
+    """An accelerate Accelerator for this run. accelerate keeps one process-wide state and refuses a second
+    Accelerator with other settings (e.g. bf16 after fp32) in the same Python process, as in a notebook
+    or a test session; dropping that state (not the distributed setup) lets each run choose its own."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(**kw)
+

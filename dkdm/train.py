@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.training_utils import EMAModel
 
@@ -18,7 +17,7 @@ from .config import SamplerConfig, TrainConfig
 from .data.digits import load_digits_images
 from .imaging import grid, save_png
 from .progress import progress_bar
-from .runtime import atomic_write_json, positive
+from .runtime import accelerator, atomic_write_json, positive
 from .sampling import sample, unet_fn
 from .schedulers import make_scheduler
 from .students import build_unet, count_params
@@ -33,7 +32,7 @@ def train_teacher(cfg: TrainConfig, images: torch.Tensor | None = None, progress
     positive("steps", cfg.steps)
     positive("batch_size", cfg.batch_size)
     torch.manual_seed(cfg.seed)
-    acc = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    acc = accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     if images is None:
         images, _ = load_digits_images(cfg.model.sample_size)
     unet = build_unet(cfg.model)

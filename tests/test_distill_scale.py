@@ -196,3 +196,25 @@ def test_checkpoints_are_pruned(tiny_cache, tmp_path):
     # nothing in a checkpoint needs unpickling except accelerate's RNG/optimizer files, loaded weights_only
     names = {p.name for p in ckpt.checkpoints(tmp_path / "run")[-1].iterdir()}
     assert {"model.safetensors", "ema.safetensors", "data_cache_0.safetensors", "trainer_state.json"} <= names
+
+
+def test_bf16_autocast_with_gradient_accumulation_on_cpu(tiny_cache, tiny_teacher, tmp_path):
+    """accelerate's bf16 autocast really runs the student in bf16, accumulating 2 micro-batches per step;
+    the exported student is fp32 and training moved its weights."""
+    seen, dtypes, before = [], [], []
+
+    def on_step(step, micro, acc, student):
+        if not seen:
+            net = acc.unwrap_model(student)
+            net.conv_out.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+            before.extend(p.detach().clone() for p in net.parameters())
+        seen.append((len(micro), acc.mixed_precision, acc.gradient_accumulation_steps))
+
+    res = distill(dcfg(tmp_path, cache=str(tiny_cache), teacher=str(tiny_teacher), mixed_precision="bf16", grad_accum=2,
+                       export_ema=False), progress=False, on_step=on_step)
+    assert seen == [(2, "bf16", 2)] * 3 and np.isfinite(res["final_loss"])
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    u = UNet2DModel.from_pretrained(tmp_path / "run" / "student" / "unet")
+    after = list(u.parameters())
+    assert after[0].dtype == torch.float32 and len(after) == len(before)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))

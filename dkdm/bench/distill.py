@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 
 from ..cache.reader import CacheReader
@@ -18,7 +17,7 @@ from ..config import DistillConfig
 from ..distill.pool import TeacherPool
 from ..distill.sources import CacheSource, MemorySource, PoolSource
 from ..distill.trainer import Batch, StudentTrainer
-from ..runtime import atomic_write_bytes, positive
+from ..runtime import accelerator, atomic_write_bytes, positive
 from ..schedulers import make_scheduler
 from ..students import build_unet, count_params, student_spec_for
 from ..teacher import load_teacher
@@ -56,7 +55,7 @@ def bench_distill(cfg: DistillConfig, steps: int = 100, warmup: int = 10, rounds
     """Rounds interleave the modes so load from other processes on a shared box hits them alike."""
     positive("steps", steps)
     positive("rounds", rounds)
-    acc = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    acc = accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     teacher = load_teacher(cfg.teacher, acc.device)
     reader = CacheReader(cfg.cache, expect_fingerprint=teacher.fingerprint)
     spec = student_spec_for(reader.manifest["teacher"]["config"], cfg.student)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import diffusers
 import torch
-from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
@@ -21,7 +20,7 @@ from ..cache.reader import CacheReader
 from ..config import DistillConfig
 from ..errors import DkdmError
 from ..progress import progress_bar
-from ..runtime import atomic_write_json, positive
+from ..runtime import accelerator, atomic_write_json, positive
 from ..schedulers import make_scheduler
 from ..students import build_unet, count_params, student_spec_for
 from ..teacher import load_teacher
@@ -86,10 +85,10 @@ def row_split(cfg: DistillConfig) -> dict:
     return {"cache": n_cache, "live": n_d - n_cache, "real": n_real}
 
 
-def _accelerator(cfg: DistillConfig) -> Accelerator:
+def _accelerator(cfg: DistillConfig):
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     kw = {"log_with": "tensorboard", "project_dir": cfg.out} if use_tensorboard(cfg) else {}
-    return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, **kw)
+    return accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, **kw)
 
 
 class _StopFlag:
