@@ -102,8 +102,20 @@ def main(argv=None) -> None:
     data = collect(Path(a.out))
     plot(data, Path(a.png))
     md = render(data, Path(a.png).name)
-    atomic_write_bytes(a.md, md.encode())
+    atomic_write_bytes(a.md, (md + kept_prose(Path(a.md))).encode())
     print(md)
+
+
+def kept_prose(md: Path) -> str:
+    """What people wrote below the generated table and plot (the analysis): a re-run replaces only the numbers."""
+    if not md.is_file():
+        return ""
+    text = md.read_text()
+    marker = text.find("![FID per run")
+    if marker < 0:
+        return ""
+    rest = text[marker:].split("\n", 1)
+    return "\n" + rest[1].lstrip("\n") if len(rest) > 1 and rest[1].strip() else ""
 
 
 if __name__ == "__main__":
