@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import re
 import time
 from pathlib import Path
@@ -83,7 +84,9 @@ def bench_distill(cfg: DistillConfig, steps: int = 100, warmup: int = 10, rounds
         "student_params": params, "teacher_params": count_params(teacher.unet),
         "steps_per_s": med, "records_per_s": {m: v * b for m, v in med.items()}, "rounds_steps_per_s": rates,
         "loadavg": os.getloadavg()[0],
-        "cache_vs_memory": med["cache"] / med["memory"], "live_vs_memory": med["live"] / med["memory"],
+        # paired per round: the machine's speed swings between rounds, and both halves of a ratio share one round
+        "cache_vs_memory": statistics.median(c / m for c, m in zip(rates["cache"], rates["memory"])),
+        "live_vs_memory": statistics.median(v / m for v, m in zip(rates["live"], rates["memory"])),
         "pool_size": pool.size, "pool_init_s": pool_init_s, "cache": str(cfg.cache),
         "cache_records": reader.num_records,
         "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, "
@@ -98,7 +101,7 @@ def render(res: dict, command: str) -> str:
         SECTION, "",
         f"Machine: {res['machine']}; {res['date']}. Student {res['student_params']:,} params, teacher "
         f"{res['teacher_params']:,}; batch {res['batch_size']}; {res['rounds']} interleaved rounds of "
-        f"{res['steps_per_round']} steps per mode, median round reported; cache reader with "
+        f"{res['steps_per_round']} steps per mode; records/s are the median round, ratios the median of the per-round ratios; cache reader with "
         f"{res['num_workers']} DataLoader worker(s), {res['cache_records']:,} records.", "",
         "| fed from | records/s | steps/s | vs in-memory |", "|---|---:|---:|---:|",
         f"| tensors already in memory | {rps['memory']:.0f} | {res['steps_per_s']['memory']:.2f} | 1.00 |",
