@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+from diffusers import DDPMPipeline, DDPMScheduler
 from diffusers.training_utils import EMAModel
 
 from . import config as cfgmod

@@ -1,7 +1,6 @@
 """Both shard backends behind one reader: same records, verified bytes, plain-library readability, many writers."""
 
 import hashlib
-import json
 import shutil
 import subprocess
 import sys

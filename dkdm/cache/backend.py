@@ -137,13 +137,19 @@ def raw_blocks(store: Store, shard: dict, verified: bool = False) -> Iterator[re
     yield from blocks_of(store, shard, fetch(store, shard, verified))
 
 
-def raw_records(store: Store, shard: dict) -> Iterator[tuple]:
-    """(x_t, target, meta) one record at a time: for inspection and tests, not for training."""
-    for block in raw_blocks(store, shard):
+def unbatch(blocks, dtype: str | None = None) -> Iterator[tuple]:
+    """Records one at a time, for inspection and tests (training reads blocks): (x_t, target, meta) in storage
+    dtype, or with `dtype` given (x_t, t, target, meta) as float32 tensors."""
+    for block in blocks:
         for i in range(len(block)):
-            yield block.record(i)
+            x, target, meta = block.record(i)
+            yield (x, target, meta) if dtype is None else (rec.from_storage(x, dtype), meta["t"],
+                                                           rec.from_storage(target, dtype), meta)
+
+
+def raw_records(store: Store, shard: dict) -> Iterator[tuple]:
+    return unbatch(raw_blocks(store, shard))
 
 
 def records(store: Store, shard: dict, dtype: str) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, dict]]:
-    for x, target, meta in raw_records(store, shard):
-        yield rec.from_storage(x, dtype), meta["t"], rec.from_storage(target, dtype), meta
+    return unbatch(raw_blocks(store, shard), dtype)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import DkdmError
 from . import backend
 from .manifest import check_expected, read_manifest
-from .records import RecordBatch, from_storage
+from .records import RecordBatch
 from .shuffle import TensorShuffleBuffer
 from .store import Store
 from .wds_backend import shard_order
@@ -52,10 +52,8 @@ class CacheReader:
 
     def records(self, shard: dict, on_bad: str = "error") -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
         """(x_t, t, target) one record at a time (float32): for inspection and tests; training reads blocks."""
-        for block in self.blocks(shard, on_bad):
-            for i in range(len(block)):
-                x, target, meta = block.record(i)
-                yield from_storage(x, self.dtype), meta["t"], from_storage(target, self.dtype)
+        for x, t, target, _ in backend.unbatch(self.blocks(shard, on_bad), self.dtype):
+            yield x, t, target
 
     def dataset(self, batch_size: int, **kw) -> "CacheStream":
         return CacheStream(self, batch_size, **kw)
