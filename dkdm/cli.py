@@ -20,6 +20,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Measure the stages: cache wr
 app.add_typer(bench_app, name="bench")
 
 RECIPE_HELP = "TOML recipe (path, or name in pipelines/); flags override it."
+COVERAGE_HELP = "Timesteps visited: offsets (grid shifted per trajectory: all T) | grid | full (DDPM, T steps)."
 
 
 def friendly(fn):
@@ -91,6 +92,7 @@ def generate(
     format: Optional[str] = typer.Option(None, "--format", help="Shard backend: wds (tar shards) | wds-gz (gzipped tar shards) | zarr (trajectories.zarr)."),
     prompts: Optional[str] = typer.Option(None, help="Text-conditioned teachers: file with one prompt per line."),
     guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = none)."),
+    coverage: Optional[str] = typer.Option(None, help=COVERAGE_HELP),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
@@ -103,7 +105,7 @@ def generate(
     cfg = cfgmod.override(r, teacher=teacher, out=out, trajectories=trajectories, keep=keep, shard_size=shard_size,
                           seed=seed, batch_size=batch_size, dtype=dtype, device=device, format=format, prompts=prompts,
                           guidance_scale=guidance_scale)
-    cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, eta))
+    cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, eta), sampler__coverage=coverage)
     state = PartialState(cpu=cfg.device == "cpu")
     res = run(cfg, rank=state.process_index, world=state.num_processes, progress=not quiet,
               barrier=state.wait_for_everyone if state.num_processes > 1 else None)
@@ -127,6 +129,7 @@ def distill(
     pool: Optional[str] = typer.Option(None, help="Live pool: iterative | shuffled | dynamic"),
     rho: Optional[float] = typer.Option(None, help="Pool size factor: rho*T*b samples."),
     sampler_steps: Optional[int] = typer.Option(None, "--sampler-steps", help="Live teacher: steps T of its schedule."),
+    coverage: Optional[str] = typer.Option(None, help="Live teacher: " + COVERAGE_HELP),
     shuffle_buffer: Optional[int] = typer.Option(None),
     num_workers: Optional[int] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
@@ -134,7 +137,7 @@ def distill(
     real: Optional[str] = typer.Option(None, help="Real images to mix in: digits | folder of PNG/JPG | webdataset .tar."),
     real_ratio: Optional[float] = typer.Option(None, help="Share of each batch from --real (1 = plain data training)."),
     pool_init: Optional[str] = typer.Option(None, help="Live pool start: teacher (walk it) | cache (seed from records)."),
-    kl_weight: Optional[float] = typer.Option(None, help="lambda of the KL term for learned-variance teachers."),
+    kl_weight: Optional[float] = typer.Option(None, help="Weight of KL(p_T||p_S) in bits/dim per term (learned-variance teachers; default 1, as DKDM)."),
     feature_kd: Optional[float] = typer.Option(None, help="Weight of block-output MSE (live teacher, matching blocks)."),
     mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16"),
     grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
@@ -152,7 +155,7 @@ def distill(
     r = cfgmod.load_recipe(recipe).distill
     cfg = cfgmod.override(r, teacher=teacher, cache=cache, source=source, out=out, steps=steps, batch_size=batch_size,
                           lr=lr, pool=pool, rho=rho, shuffle_buffer=shuffle_buffer, num_workers=num_workers, seed=seed,
-                          device=device, sampler__steps=sampler_steps, real=real, real_ratio=real_ratio, pool_init=pool_init,
+                          device=device, sampler__steps=sampler_steps, sampler__coverage=coverage, real=real, real_ratio=real_ratio, pool_init=pool_init,
                           kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum,
                           checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
                           sample_every=sample_every, export_ema=export_ema, tracker=tracker)

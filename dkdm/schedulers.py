@@ -56,7 +56,16 @@ def step(sched, model_output: torch.Tensor, t, x: torch.Tensor, eta: float = 0.0
     kwargs = {"generator": generator}
     if "eta" in inspect.signature(sched.step).parameters:
         kwargs["eta"] = eta
+    if clipped_eps(sched):
+        kwargs["use_clipped_model_output"] = True
     return sched.step(model_output, t, x, **kwargs).prev_sample
+
+
+def clipped_eps(sched) -> bool:
+    """DDIM with x0 clipping steps with the eps re-derived from the clipped x0, as guided-diffusion's
+    `ddim_sample` does (diffusers' default keeps the raw eps, a different trajectory)."""
+    c = sched.config
+    return type(sched).__name__ == "DDIMScheduler" and bool(c.get("clip_sample") or c.get("thresholding"))
 
 
 def step_mixed(sched, model_output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, eta: float = 0.0, generators=None) -> torch.Tensor:
