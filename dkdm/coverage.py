@@ -37,17 +37,16 @@ def sampler_for(cfg: SamplerConfig, num_train_timesteps: int) -> SamplerConfig:
 
 
 def stride_and_sign(timesteps, num_train_timesteps: int) -> tuple[int, int]:
-    """(stride, +1 or -1): the grid's constant spacing, and the direction a shift keeps every t in [0, T)."""
+    """(stride, +1 or -1): the grid's widest gap, so shifts 0..stride-1 reach every t between grid points,
+    and the direction that keeps every shifted t in [0, T)."""
     ts = [int(t) for t in timesteps]
-    gaps = {a - b for a, b in zip(ts, ts[1:])}
-    if len(gaps) != 1:
-        raise DkdmError(f"coverage 'offsets' needs an evenly spaced grid ('leading' or 'trailing' spacing); got gaps {sorted(gaps)}")
-    stride = gaps.pop()
+    stride = max([a - b for a, b in zip(ts, ts[1:])] or [1])
     if min(ts) - (stride - 1) >= 0:
         return stride, -1
     if max(ts) + stride - 1 <= num_train_timesteps - 1:
         return stride, 1
-    raise DkdmError(f"the grid {ts[0]}..{ts[-1]} (stride {stride}) cannot be shifted inside [0, {num_train_timesteps})")
+    raise DkdmError(f"the grid {ts[0]}..{ts[-1]} (stride {stride}) cannot be shifted inside [0, {num_train_timesteps}); "
+                    "use --coverage grid or full")
 
 
 def shifts(coverage: str, timesteps, num_train_timesteps: int, trajs) -> torch.Tensor:

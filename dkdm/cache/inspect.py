@@ -49,6 +49,14 @@ def verify(url: str, deep: bool = False) -> list[str]:
     for sc in read_sidecars(store):
         if sc["file"] not in listed and data_present(store, sc):
             problems.append(f"{sc['file']}: complete shard not in the manifest (run `dkdm cache seal`)")
+    covered = m["sampler"].get("covered_timesteps")
+    if covered is not None:  # every shard's timestep histogram must stay on the timesteps the manifest names
+        allowed = {int(t) for t in covered}
+        for sc in read_sidecars(store):
+            off = sorted({int(t) for t in sc.get("t_hist", {})} - allowed)
+            if off:
+                problems.append(f"{sc['file']}: records at t={off[:5]} are not among the cache's covered timesteps "
+                                f"(coverage {m['sampler'].get('coverage')})")
     if m.get("embeddings") and not store.exists(m["embeddings"]["path"]):
         problems.append(f"{m['embeddings']['path']}: missing (conditioning embeddings the records refer to)")
     return problems

@@ -140,6 +140,9 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         sched = make_scheduler(walk, teacher.scheduler_config)
         sampler_info, base_sched_cfg = cfgmod.to_dict(walk), teacher.scheduler_config
         walk_kind, walk_cov = walk.scheduler, walk.coverage
+    # sample grids and the exported scheduler: a full-chain walk (DDPM over all T) would cost T steps per
+    # image there, so they use the default DDIM sampler instead
+    view_sched = sched if walk_cov != "full" else make_scheduler(cfgmod.SamplerConfig(), base_sched_cfg)
     # the training (DDPM) schedule: noising real images, and the posterior of the KL term
     noise_sched = diffusers.DDPMScheduler.from_config({k: v for k, v in base_sched_cfg.items() if not k.startswith("_")})
     spec = student_spec_for(teacher_cfg, cfg.student)
@@ -232,7 +235,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                     log.write(row)
             bar.update(1, loss=loss, rec_s=rate)
             if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process:
-                save_sample_grid(acc.unwrap_model(student), ema, sched, spec, out / "samples" / f"step-{done:08d}.png", device,
+                save_sample_grid(acc.unwrap_model(student), ema, view_sched, spec, out / "samples" / f"step-{done:08d}.png", device,
                                  cond=emb)
             if _any_rank(acc, stop.set):
                 interrupted = True
@@ -263,8 +266,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 "cache_id": reader.manifest["cache_id"] if reader else None, "weights": "ema" if cfg.export_ema else "raw",
                 "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
-        export_student(final, sched, out / "student", card)
-        save_sample_grid(final, None, sched, spec, out / "student_samples.png", device, cond=emb)
+        export_student(final, view_sched, out / "student", card)
+        save_sample_grid(final, None, view_sched, spec, out / "student_samples.png", device, cond=emb)
     acc.wait_for_everyone()
     acc.end_training()
     return summary
