@@ -260,12 +260,16 @@ def print_table(report: dict) -> None:
 
     table = Table(title=f"teacher vs student ({report['sampler']['class']}, {report['sampler']['steps']} steps, "
                         f"{report['num_samples']} samples)")
-    for col in ("model", "FID", "KID", "images/s", "speed-up", "params", "GFLOPs/img"):
+    for col in ("model", "FID", "FID / teacher", "KID x10^3", "images/s", "speed-up", "params", "GFLOPs/img"):
         table.add_column(col, justify="right" if col != "model" else "left")
-    t_ips = report["teacher"]["images_per_s"]
+    t_ips, t_fid = report["teacher"]["images_per_s"], report["teacher"]["fid"]
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
-        table.add_row(name, f"{r['fid']:.2f}", "n/a" if r["kid"] is None else f"{r['kid']:.4f}", f"{r['images_per_s']:.1f}",
+        table.add_row(name, f"{r['fid']:.2f}", f"{r['fid'] / t_fid:.2f}x" if t_fid else "n/a",
+                      "n/a" if r["kid"] is None else f"{1e3 * r['kid']:.2f}", f"{r['images_per_s']:.1f}",
                       f"{r['images_per_s'] / t_ips:.2f}x", f"{r['params']:,}", f"{r['flops_per_image'] / 1e9:.3f}")
+    if report["teacher"]["kid"] is not None:  # the teacher's own distance to the reference: the floor a student sits on
+        table.caption = (f"KID x10^3 floor, teacher vs {report['reference']['name']}: {1e3 * report['teacher']['kid']:.2f} "
+                         "(read a student's KID against it, not against 0)")
     Console().print(table)
 
 
