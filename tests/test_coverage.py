@@ -108,5 +108,3 @@ def test_cli_generate_coverage_flag(tiny_teacher, tmp_path):
                 "--coverage", "grid", "--device", "cpu", "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["sampler"]["coverage"] == "grid"
-    r = run_cli("generate", "--teacher", tiny_teacher, "--out", tmp_path / "d", "--coverage", "most", "--device", "cpu")
-    assert r.returncode != 0 and "unknown coverage" in r.stderr and "Traceback" not in r.stderr
