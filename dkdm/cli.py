@@ -286,7 +286,8 @@ def cache_info(cache: str = typer.Argument(..., help="Cache folder or URL."), as
     typer.echo(f"cache     {i['cache']}  id {i['cache_id']}  {i['backend']}  sealed {i['sealed_at']}")
     typer.echo(f"teacher   {i['teacher']['source']} ({i['teacher']['class']}, fingerprint {i['teacher']['fingerprint'][:16]}…)")
     s = i["sampler"]
-    typer.echo(f"sampler   {i['scheduler']} {s['steps']} steps, eta {s['eta']}, keep {s['keep']}, seed {s['base_seed']}, {s['dtype']}")
+    typer.echo(f"sampler   {i['scheduler']} {s['steps']} steps, eta {s['eta']}, keep {s['keep']}, seed {s['base_seed']}, {s['dtype']}, "
+               f"coverage {s.get('coverage', 'grid')}")
     if i["conditioning"]:
         typer.echo(f"prompts   {i['conditioning']['rows']} unique, embeddings {i['conditioning']['seq']}x{i['conditioning']['dim']} "
                    f"in {i['conditioning']['path']}, guidance {s['guidance_scale']}")

@@ -17,7 +17,7 @@ def info(url: str) -> dict:
         "cache_id": m["cache_id"],
         "teacher": {k: m["teacher"][k] for k in ("source", "class", "fingerprint")},
         "scheduler": m["scheduler"]["class"],
-        "sampler": {k: m["sampler"][k] for k in ("scheduler", "steps", "eta", "keep", "base_seed", "dtype", "guidance_scale") if k in m["sampler"]},
+        "sampler": {k: m["sampler"][k] for k in ("scheduler", "steps", "eta", "keep", "base_seed", "dtype", "guidance_scale", "coverage") if k in m["sampler"]},
         "record": m["record"],
         "shards": tot.get("shards", 0),
         "records": tot.get("records", 0),
