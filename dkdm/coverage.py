@@ -38,15 +38,15 @@ def sampler_for(cfg: SamplerConfig, num_train_timesteps: int) -> SamplerConfig:
 
 def stride_and_sign(timesteps, num_train_timesteps: int) -> tuple[int, int]:
     """(stride, +1 or -1): the grid's widest gap, so shifts 0..stride-1 reach every t between grid points,
-    and the direction that keeps every shifted t in [0, T)."""
+    and the direction that keeps every shifted t in [0, T). A grid too coarse for either direction (e.g.
+    3 trailing steps) shifts down by at most min(t): a few timesteps stay uncovered (covered_timesteps says which)."""
     ts = [int(t) for t in timesteps]
     stride = max([a - b for a, b in zip(ts, ts[1:])] or [1])
     if min(ts) - (stride - 1) >= 0:
         return stride, -1
     if max(ts) + stride - 1 <= num_train_timesteps - 1:
         return stride, 1
-    raise DkdmError(f"the grid {ts[0]}..{ts[-1]} (stride {stride}) cannot be shifted inside [0, {num_train_timesteps}); "
-                    "use --coverage grid or full")
+    return min(ts) + 1, -1
 
 
 def shifts(coverage: str, timesteps, num_train_timesteps: int, trajs) -> torch.Tensor:
