@@ -13,7 +13,7 @@ MODELS = {"teacher": "teacher", "student-grid": "grid (25 timesteps)", "student-
 
 
 def collect(out: Path) -> dict:
-    points, students = [], {}
+    points, students, main = [], {}, None
     for rep_path in sorted(out.glob("eval-*/report.json")):
         rep = json.loads(rep_path.read_text())
         points += [{**p, "report": rep_path.parent.name} for p in rep["sweep"]["points"]]
