@@ -226,5 +226,5 @@ def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: s
                 t=np.broadcast_to(np.asarray(t, np.int64), (n,)).copy(), traj=trajs, step=np.full(n, i, np.int64), cond=rows))
 
     seeds = [trajectory_seed(cfg.seed, j) for j in trajs]
-    sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record, shift=shift)
+    sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record, shift=shift, guided_ddim=True)
     return out

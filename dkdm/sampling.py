@@ -37,7 +37,7 @@ def initial_noise(seeds, shape: tuple[int, int, int], device="cpu") -> tuple[tor
 
 @torch.no_grad()
 def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu", callback: StepCallback | None = None,
-           shift: torch.Tensor | None = None) -> torch.Tensor:
+           shift: torch.Tensor | None = None, guided_ddim: bool = False) -> torch.Tensor:
     """Walk `sched.timesteps` from seeded noise; returns images in [-1, 1] (float32, on `device`).
 
     `shift` (one int per sample) walks sample i along the grid moved by shift[i] (timestep coverage
@@ -53,13 +53,13 @@ def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu",
             out = model(x, tv.to(device))
             if callback is not None:
                 callback(i, tv, x, out)
-            x = schedulers.step_mixed(sched, out, tv, x, eta=eta, generators=noise)
+            x = schedulers.step_mixed(sched, out, tv, x, eta=eta, generators=noise, guided_ddim=guided_ddim)
             continue
         inp = sched.scale_model_input(x, t)
         out = model(inp, t.to(device) if torch.is_tensor(t) else t)
         if callback is not None:
             callback(i, int(t), inp, out)
-        x = schedulers.step(sched, out, t, x, eta=eta, generator=noise)
+        x = schedulers.step(sched, out, t, x, eta=eta, generator=noise, guided_ddim=guided_ddim)
     return x.clamp(-1, 1)
 
 

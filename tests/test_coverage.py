@@ -54,7 +54,7 @@ def test_offset_trajectory_is_the_grid_walk_shifted(tiny_teacher, tmp_path):
     x, _ = initial_noise([trajectory_seed(0, 3)], teacher.sample_shape)
     for (xc, t) in traj3:
         assert torch.allclose(xc, x[0], atol=1e-5), t
-        x = step(sched, teacher(x, t), t, x)
+        x = step(sched, teacher(x, t), t, x, guided_ddim=True)
 
 
 def test_grid_keeps_the_old_behaviour_and_is_another_cache(tiny_teacher, tmp_path):

@@ -115,7 +115,7 @@ class TeacherPool:
                 t = (self.timesteps[cur[active]] + self.shift[active]).to(self.device)
                 out = self.teacher(self.x[active], t)
                 self.teacher_forwards += len(active)
-                self.x[active] = step_mixed(self.sched, out, t, self.x[active], eta=self.eta)
+                self.x[active] = step_mixed(self.sched, out, t, self.x[active], eta=self.eta, guided_ddim=True)
                 cur[active] += 1
 
     @torch.no_grad()
@@ -132,7 +132,7 @@ class TeacherPool:
         t = self.t_of(sel).to(self.device)
         out = self.teacher(x, t)  # the last teacher call of a draw: feature taps see exactly this batch
         self.teacher_forwards += len(sel)
-        self.x[sel_d] = step_mixed(self.sched, out, t, x, eta=self.eta)
+        self.x[sel_d] = step_mixed(self.sched, out, t, x, eta=self.eta, guided_ddim=True)
         self.idx[sel] += 1
         done = sel[self.idx[sel] >= self.T]
         if len(done):  # finished trajectories restart from fresh noise
