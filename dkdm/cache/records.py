@@ -75,8 +75,8 @@ def load_npy(data: bytes, where: str, spec=None, member: str = "") -> np.ndarray
         version = np.lib.format.read_magic(f)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read(f, max_header_size=4096)
-    except (ValueError, TypeError, SyntaxError) as exc:
-        raise DkdmError(f"{where}: {member or 'member'} is not a plain numeric .npy ({exc})") from None
+    except Exception as exc:  # numpy parses the header dict with ast: ValueError, SyntaxError, TokenError...
+        raise DkdmError(f"{where}: {member or 'member'} is not a plain numeric .npy ({type(exc).__name__})") from None
     if dtype.hasobject or dtype.kind not in "fiub" or fortran:
         raise DkdmError(f"{where}: {member} has dtype {dtype} (fortran={fortran}); only plain numeric C-order arrays are read")
     if spec is not None:
