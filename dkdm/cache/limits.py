@@ -15,7 +15,6 @@ DEFAULTS = {
     "record_dims": 3,  # C, H, W
     "record_elements": 1 << 24,  # elements of one x_t / target (64 MB at fp32)
     "shard_bytes": 8 << 30,  # one shard as stored, and decompressed
-    "member_bytes": 2 << 30,  # one tar member
     "steps": 10_000,  # sampler steps / timesteps
     "embedding_rows": 10_000_000,
 }

@@ -298,7 +298,7 @@ def conditioning_table(reader, teacher, rows: dict, device) -> torch.Tensor | No
     if rows["live"] or rows["real"] or reader is None or not reader.manifest.get("embeddings"):
         raise DkdmError("a text-conditioned teacher is distilled from its cache only: use --source cache --cache URL and "
                         "no --real (live conditional pools and captioned real images are not supported yet)")
-    table = read_embeddings(reader.store)
+    table = read_embeddings(reader.store, reader.manifest["embeddings"])
     if table["sha256"] != reader.manifest["embeddings"]["sha256"]:
         raise DkdmError(f"{reader.store.url}: embeddings.zarr is not the one the manifest recorded (sha256 differs)")
     return table["emb"].to(device)
