@@ -436,3 +436,17 @@ def test_gzip_bomb_stays_under_a_memory_ceiling(caches, tmp_path):
     before, after, n, first = res.stdout.split(" ", 3)
     assert int(n) == 1 and "inflates past" in first
     assert (int(after) - int(before)) * 1024 < 64 << 20, res.stdout  # ru_maxrss is in KiB on Linux
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_finite_check_on_storage_bits(dtype):
+    import torch
+    from dkdm.cache.records import to_storage
+    from dkdm.cache.validate import _finite
+
+    x = torch.randn(4, 1, 8, 8) * 100
+    assert _finite(to_storage(x, dtype), dtype)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        y = x.clone()
+        y[2, 0, 3, 5] = bad
+        assert not _finite(to_storage(y, dtype), dtype)
