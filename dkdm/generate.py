@@ -55,6 +55,7 @@ def validate(cfg: GenerateConfig) -> None:
     check("steps", cfg.sampler.steps, "--steps")
     check("shard_records", cfg.shard_size, "--shard-size")
     check("shards", math.ceil(cfg.trajectories / cfg.shard_size), "shards (--trajectories / --shard-size)")
+    check("records", cfg.trajectories * cfg.sampler.steps, "records (--trajectories x --steps)")
     if cfg.batch_size > 1 << 16:
         raise DkdmError(f"--batch-size {cfg.batch_size} is absurd for a teacher walk; use at most {1 << 16}")
     if not (math.isfinite(cfg.sampler.eta) and 0 <= cfg.sampler.eta <= 1):

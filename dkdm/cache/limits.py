@@ -14,7 +14,7 @@ DEFAULTS = {
     "records": 10_000_000_000,  # records in one cache
     "record_dims": 3,  # C, H, W
     "record_elements": 1 << 24,  # elements of one x_t / target (64 MB at fp32)
-    "shard_bytes": 8 << 30,  # one shard as stored, and decompressed
+    "shard_bytes": 4 << 30,  # one shard as stored, inflated, and decoded: the reader's memory per shard
     "steps": 10_000,  # sampler steps / timesteps
     "embedding_rows": 10_000_000,
 }

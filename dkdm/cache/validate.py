@@ -195,6 +195,9 @@ def check_shard_entry(e: dict, m: dict, where: str) -> dict:
         _fail(here, f"{n} records, but {tr[1] - tr[0]} trajectories x {len(m['sampler'].get('kept_steps') or m['sampler']['timesteps'])} "
                     f"kept steps make {expected_records(e, m)}", BadShardError)
     _int(e["bytes"], here, "bytes", 0, limit("shard_bytes"))
+    r = m["record"]
+    decoded = n * np.dtype(STORAGE_NP[r["x_t"]["dtype"]]).itemsize * (math.prod(r["x_t"]["shape"]) + math.prod(r["target"]["shape"]))
+    check("shard_bytes", decoded, f"{here}: decoded size in bytes")  # what reading the shard allocates
     hist = _dict(e.get("t_hist", {}), here, "t_hist")
     for t, c in hist.items():
         if not re.fullmatch(r"\d{1,6}", str(t)):
