@@ -169,6 +169,19 @@ def zarr_poke(name: str, row: int, value):
     return f
 
 
+def blosc_claims_2gb(c: Path) -> None:
+    """The first inner chunk of x_t's zarr shard says it inflates to 2 GiB (blosc header field nbytes)."""
+    import struct
+    f = c / "trajectories.zarr/x_t/c/0/0/0/0"
+    meta = jload(c / "trajectories.zarr/x_t/zarr.json")
+    n = meta["chunk_grid"]["configuration"]["chunk_shape"][0] // meta["codecs"][0]["configuration"]["chunk_shape"][0]
+    data = bytearray(f.read_bytes())
+    off = int(np.frombuffer(bytes(data[-(16 * n + 4):-4]), "<u8")[0])
+    struct.pack_into("<I", data, off + 4, 2**31 - 1)
+    f.write_bytes(bytes(data))
+    rehash_zarr(c)
+
+
 def symlink_shard(c: Path) -> None:
     outside = c.parent / f"{c.name}-outside.tar"
     shard = c / "shards" / "traj-000000.tar"
@@ -270,6 +283,7 @@ CASES = [
     ("teacher-config-huge", "wds", m_set("teacher.config.sample_size", 4096), "does not match the record shapes"),
     ("teacher-class-foreign", "wds", m_set("teacher.class", "StableCascadeUNet"), "teacher class"),
     ("meta-more-rows", "wds", tars(edit_meta(lambda m: m.update({k: v * 1000 for k, v in m.items()}))), "more rows than"),
+    ("zarr-blosc-header-lies", "zarr", blosc_claims_2gb, "cannot be decoded"),
     ("gz-inflates-too-far", "wds-gz", lambda c: set_shard_bytes(c, 0, gzip.compress(b"\0" * (8 << 20), 1)), "inflates past"),
     ("gz-truncated", "wds-gz", lambda c: set_shard_bytes(c, 0, (c / "shards/traj-000000.tar.gz").read_bytes()[:-40]), "truncated gzip|not valid gzip"),
     ("bz2-in-tar", "wds", other_compression, "not a plain tar"),

@@ -4,6 +4,7 @@ gradient accumulation, EMA, warm-up, exact resume, Ctrl-C checkpoint, TensorBoar
 from __future__ import annotations
 
 import hashlib
+import math
 import signal
 import threading
 import time
@@ -231,14 +232,14 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
             micro = [next_batch() for _ in range(cfg.grad_accum)]
             if on_step is not None:
                 on_step(step, micro, acc, student)
-            try:
-                loss, parts = trainer.step(micro)
-            except NonFiniteError as exc:
+            loss, parts = trainer.step(micro)
+            # every rank agrees (one rank raising alone would hang DDP); nothing after this step is saved or exported
+            if _any_rank(acc, not math.isfinite(loss)):
                 acc.end_training()
                 last = ckpt.checkpoints(out)
-                raise NonFiniteError(f"{exc} at step {step}: training diverged; nothing exported. The last good checkpoint is "
-                                     f"{last[-1] if last else 'none'}: lower --lr, or check the cache with "
-                                     "`dkdm cache verify --deep`") from None
+                raise NonFiniteError(f"the loss is {loss} (NaN/Inf on some rank) at step {step}: training diverged; nothing "
+                                     f"exported. The last good checkpoint is {last[-1] if last else 'none'}: lower --lr, or "
+                                     "check the cache with `dkdm cache verify --deep`")
             seen += cfg.batch_size * cfg.grad_accum * acc.num_processes
             rate = (seen - seen_before) / (time.time() - t0)
             done = step + 1
