@@ -83,6 +83,18 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_exports_nothing(tiny_cache, t
     assert all(torch.isfinite(v).all() for v in load_file(str(good[0] / "model.safetensors")).values())
 
 
+def test_half_written_checkpoint_is_ignored_and_removed(tiny_cache, full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    shutil.rmtree(run / "student")
+    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    half = run / "checkpoints" / ".tmp-step-00000005"
+    half.mkdir()
+    (half / "trainer_state.json").write_text('{"step": 5}')
+    res = distill(dcfg(tmp_path, cache=str(tiny_cache), resume="latest", **{**COMMON, "checkpoint_every": 2}), progress=False)
+    assert res["start_step"] == 4 and not half.exists()
+
+
 def forged(full_run, tmp_path, fn):
     run = tmp_path / "run"
     shutil.copytree(full_run, run)

@@ -64,8 +64,9 @@ def load_ema(ema, tensors: dict, meta: dict) -> None:
 def save(acc, folder: Path, step: int, ema, lr_sched, sources: dict, trainer_state: dict) -> None:
     """Every rank calls this; rank 0 renames the finished folder into place."""
     tmp = folder.parent / f".tmp-{folder.name}"
-    if acc.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if acc.is_main_process:  # half-written checkpoints of a killed run (kill -9) are never resumed: drop them
+        for stale in folder.parent.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     acc.wait_for_everyone()
     acc.save_state(str(tmp), safe_serialization=True)
     rank = acc.process_index
