@@ -464,3 +464,19 @@ def test_finite_check_on_storage_bits(dtype):
         y = x.clone()
         y[2, 0, 3, 5] = bad
         assert not _finite(to_storage(y, dtype), dtype)
+
+
+def test_distill_on_bad_shard_stop_or_skip(caches, tmp_path):
+    from dkdm.distill.loop import distill
+    from test_distill import dcfg
+
+    c = tmp_path / "c"
+    shutil.copytree(caches["wds"], c)
+    rewrite_samples(c, 1, edit_meta(lambda m: m.update(traj=[0] * len(m["traj"]))))
+    with pytest.raises(DkdmError, match="traj-000001.tar.*outside the shard's trajectories"):
+        distill(dcfg(tmp_path / "stop", cache=str(c), steps=8, batch_size=4, shuffle_buffer=8, checkpoint_every=0), progress=False)
+    assert not (tmp_path / "stop" / "run" / "student").exists()
+    with pytest.warns(UserWarning, match="skipping bad shard.*traj-000001"):
+        res = distill(dcfg(tmp_path / "skip", cache=str(c), steps=8, batch_size=4, shuffle_buffer=8, checkpoint_every=0,
+                           on_bad_shard="skip"), progress=False)
+    assert res["last_step"] == 8 and (tmp_path / "skip" / "run" / "student").is_dir()

@@ -71,15 +71,19 @@ class CacheStream(IterableDataset):
                  world: int = 1, epochs: int | None = None, on_bad: str = "error"):
         self.reader, self.batch_size, self.buffer, self.seed = reader, batch_size, shuffle_buffer, seed
         self.rank, self.world, self.epochs, self.on_bad = rank, world, epochs, on_bad
+        self._bad: set[str] = set()  # shards skipped as bad (on_bad='skip'), per process
         if world > len(reader.manifest["shards"]):
             raise DkdmError(f"cache has {len(reader.manifest['shards'])} shards, fewer than the {world} ranks reading it; "
                             "generate with a smaller --shard-size")
 
     def _shards(self, worker: int, workers: int) -> Iterator[dict]:
-        epoch = 0
+        epoch, all_shards = 0, self.reader.manifest["shards"]
         while self.epochs is None or epoch < self.epochs:
-            yield from shard_order(self.reader.manifest["shards"], self.seed, epoch, self.rank, self.world, worker, workers,
-                                   shuffle=True)
+            if len(self._bad) >= len(all_shards):  # with on_bad='skip' the stream would otherwise spin, empty, forever
+                raise DkdmError(f"every shard of cache {self.reader.store.url} is bad; nothing to train on")
+            for shard in shard_order(all_shards, self.seed, epoch, self.rank, self.world, worker, workers, shuffle=True):
+                if shard["file"] not in self._bad:  # a skipped shard is not fetched, nor warned about, again
+                    yield shard
             epoch += 1
 
     def _blocks(self, worker: int, workers: int):
@@ -99,10 +103,8 @@ class CacheStream(IterableDataset):
         for block in self.reader.blocks(shard, self.on_bad, fetched):
             good = True
             yield block.torch(self.reader.dtype)
-        # with on_bad='skip', a cache whose every shard is bad would otherwise stream nothing, forever
-        self._bad_run = 0 if good else getattr(self, "_bad_run", 0) + 1
-        if self._bad_run >= len(self.reader.manifest["shards"]):
-            raise DkdmError(f"every shard of cache {self.reader.store.url} this reader was given is bad; nothing to train on")
+        if not good:  # every shard holds >= 1 record, so nothing yielded means it was skipped as bad
+            self._bad.add(shard["file"])
 
     def __iter__(self):
         info = get_worker_info()
