@@ -437,12 +437,15 @@ print(before, after, len(problems), problems[0] if problems else "")
 
 
 def test_gzip_bomb_stays_under_a_memory_ceiling(caches, tmp_path):
-    """256 MiB of zeros in a 1 MB gzip shard: inflating stops at the manifest's bound, the process grows < 64 MB."""
+    """A 256 MiB tar member in a 1 MB gzip shard: inflating stops at the manifest's bound, the process grows < 64 MB."""
     c = tmp_path / "c"
     shutil.copytree(caches["wds-gz"], c)
     comp = zlib.compressobj(1, zlib.DEFLATED, 31)
+    member = tarfile.TarInfo("0000000000_0000.x_t.npy")
+    member.size = 256 << 20  # one tar member of 256 MiB (zeros)
     zeros = b"\0" * (16 << 20)
-    bomb = b"".join([comp.compress(zeros) for _ in range(16)] + [comp.flush()])
+    bomb = b"".join([comp.compress(member.tobuf(format=tarfile.USTAR_FORMAT))]
+                    + [comp.compress(zeros) for _ in range(16)] + [comp.flush()])
     set_shard_bytes(c, 0, bomb)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     res = subprocess.run([sys.executable, "-c", BOMB, str(c)], capture_output=True, text=True, env=env, timeout=300)
