@@ -400,6 +400,10 @@ def test_store_confines_names(tmp_path):
         with pytest.raises(DkdmError, match="refusing"):
             st.path(bad)
     assert st.path("shards/traj-000000.tar").endswith("/shards/traj-000000.tar")
+    remote = Store("memory://bucket/c")  # object stores get the same name rules (no symlinks there)
+    with pytest.raises(DkdmError, match="refusing"):
+        remote.path("../other-bucket/x")
+    assert remote.path("shards/traj-000000.tar").endswith("bucket/c/shards/traj-000000.tar")
 
 
 def test_generate_never_writes_through_a_symlinked_shards_dir(caches, tiny_teacher, tmp_path):
