@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dkdm.cache import backend
 from dkdm.cache.inspect import verify
 from dkdm.cache.manifest import read_manifest, seal
 from dkdm.cache.reader import CacheReader

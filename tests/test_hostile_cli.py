@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from dkdm.cli import app
 
-from conftest import save_tiny_teacher
 
 runner = CliRunner()
 
@@ -134,7 +133,6 @@ def test_debug_shows_the_traceback(tiny_teacher, tmp_path):
 
 
 def test_evaluate_refuses_a_nan_student(tmp_path):
-    from diffusers import UNet2DModel
     from dkdm.config import UNetSpec
     from dkdm.students import build_unet
 
