@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import warnings
+import re
 import zlib
 from pathlib import Path
 
@@ -486,3 +487,34 @@ def test_distill_on_bad_shard_stop_or_skip(caches, tmp_path):
         res = distill(dcfg(tmp_path / "skip", cache=str(c), steps=8, batch_size=4, shuffle_buffer=8, checkpoint_every=0,
                            on_bad_shard="skip"), progress=False)
     assert res["last_step"] == 8 and (tmp_path / "skip" / "run" / "student").is_dir()
+
+
+def test_forged_conditioning(tmp_path):
+    """Text-conditioned caches: embeddings dtype flip (same bytes, same content hash), shapes unlike the
+    manifest, and a record pointing past the embeddings are all refused."""
+    from dkdm.cache.embeddings import read_embeddings
+    from dkdm.config import SamplerConfig
+    from test_cache_conditional import save_tiny_conditional_teacher
+
+    teacher = save_tiny_conditional_teacher(tmp_path / "t2i")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a one\nzero\n")
+    good = tmp_path / "good"
+    generate(gen_cfg(teacher, good, trajectories=2, shard_size=2, batch_size=2, format="zarr", prompts=str(prompts),
+                     sampler=SamplerConfig(steps=2)), progress=False)
+    assert examine(good) == "ok"
+    expect = read_manifest(Store(good))["embeddings"]
+
+    c = tmp_path / "flip"
+    shutil.copytree(good, c)
+    meta = c / "embeddings.zarr" / "emb" / "zarr.json"
+    meta.write_text(meta.read_text().replace('"float32"', '"int32"'))
+    with pytest.raises(DkdmError, match="dtypes int32/int64/float32"):
+        read_embeddings(Store(c), expect)
+    with pytest.raises(DkdmError, match="declares shapes"):
+        read_embeddings(Store(good), {**expect, "rows": 5})
+
+    c = tmp_path / "cond"
+    shutil.copytree(good, c)
+    zarr_poke("cond", 1, 7)(c)
+    assert re.search("cond row 7 outside the 2 prompt embeddings", examine(c))

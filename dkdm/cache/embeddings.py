@@ -101,6 +101,10 @@ def read_embeddings(store: Store, expect: dict | None = None) -> dict:
             if got != want:
                 raise DkdmError(f"{store.url}/{ROOT} declares shapes {got}, the manifest says {want}; refusing")
         emb, mask, uncond = group["emb"][...], group["mask"][...], group["uncond"][...]
+        # the content hash covers bytes, not dtype: a float32 -> int32 flip would keep it
+        if (emb.dtype, mask.dtype, uncond.dtype) != (np.float32, np.int64, np.float32):
+            raise DkdmError(f"{store.url}/{ROOT} holds emb/mask/uncond of dtypes {emb.dtype}/{mask.dtype}/{uncond.dtype}, "
+                            "not float32/int64/float32; refusing")
         prompts = [str(p) for p in group["prompt"][...]]
         want = group.attrs["sha256"]
     except DkdmError:
