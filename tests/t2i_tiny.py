@@ -35,3 +35,21 @@ def save_tiny_t2i(path: Path, seed: int = 0, vae_seed: int | None = None) -> Pat
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def save_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """A CLIPModel from configs (random weights) with the digits caption tokenizer: tests CLIP score plumbing."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from dkdm.builtin_train.digits_t2i import build_tokenizer
+
+    path = Path(path)
+    tok = build_tokenizer(path)
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=tok.model_max_length,
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+                     vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        image_size=32, patch_size=8), projection_dim=8)
+    CLIPModel(cfg).save_pretrained(path)
+    return path

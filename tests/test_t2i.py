@@ -154,3 +154,31 @@ def test_evaluate_t2i_refuses_pixel_teacher(tiny_teacher, tmp_path):
     (tmp_path / "p.txt").write_text("a seven\n")
     r = run_cli("evaluate-t2i", "--teacher", tiny_teacher, "--prompts", tmp_path / "p.txt", "--out", tmp_path / "e")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "not a latent" in r.stderr
+
+
+def test_clip_score_with_a_tiny_clip(tmp_path):
+    from transformers import CLIPModel
+
+    from dkdm.evaluate.t2i import clip_score
+    from t2i_tiny import save_tiny_clip
+
+    path = save_tiny_clip(tmp_path / "clip")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 16, 16, generator=g) * 2 - 1
+    prompts = ["a handwritten digit 7", "the number two", "a 3", "digit 9"]
+    score = clip_score(images, prompts, str(path))
+    # the same number from CLIPModel's own forward: logits_per_image = exp(logit_scale) * cos(image, text)
+    model = CLIPModel.from_pretrained(str(path)).eval()
+    x = torch.nn.functional.interpolate(((images + 1) / 2).expand(-1, 3, -1, -1), size=(32, 32), mode="bicubic",
+                                        align_corners=False).clamp(0, 1)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(path))(prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(pixel_values=(x - mean) / std, **ids)
+        cos = out.logits_per_image.diagonal() / model.logit_scale.exp()
+    assert score == pytest.approx(float(100 * cos.clamp(min=0).mean()), abs=1e-3)
+    with pytest.raises(DkdmError, match="--clip"):
+        clip_score(images, prompts, str(tmp_path / "missing"))
