@@ -229,5 +229,20 @@ def main(argv=None) -> dict:
     return summary
 
 
+
+def save_prompt_grid(folder: str | Path, png: str | Path, guidance: float, steps: int = 25, ncol: int = 8) -> None:
+    """One row per digit prompt ("a handwritten digit N"), seeds 0..ncol-1: the committed picture of the teacher."""
+    from diffusers import StableDiffusionPipeline
+
+    from ..imaging import grid, save_png
+    from ..latent import generate_images
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = [eval_prompt(c) for c in range(10) for _ in range(ncol)]
+    seeds = [j for _ in range(10) for j in range(ncol)]
+    save_png(grid(generate_images(pipe, prompts, seeds, guidance, steps), ncol=ncol, scale=4), png)
+
+
 if __name__ == "__main__":
     main()
