@@ -351,6 +351,12 @@ def bench_cache(
     typer.echo(markdown(res))
 
 
+from .commands import serve as _serve  # noqa: E402
+
+app.command("serve")(friendly(_serve.serve))
+bench_app.command("serve")(friendly(_serve.bench_serve))
+
+
 def main():
     app()
 

@@ -1,0 +1,126 @@
+"""Dynamic batching: concurrent requests with the same model and settings share one forward batch.
+
+One compute thread runs batches one after another (torch uses its own intra-op threads); while it runs,
+new requests queue up and join the next batch, so batches grow with load without any waiting at low load
+beyond `max_wait_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .schema import GenerateRequest, Limits
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    req: GenerateRequest
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(self, run_batch, limits: Limits, metrics=None, init_thread=None):
+        """run_batch(key, seeds, prompts, pad_to) -> (images, joules or None), called on the compute thread;
+        each request's future gets (its images, images in its batch, seconds of the batch)."""
+        self.run_batch, self.limits, self.metrics = run_batch, limits, metrics
+        self.pending: list[Job] = []
+        self.wake = asyncio.Event()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="dkdm-compute", initializer=init_thread)
+        self.task: asyncio.Task | None = None
+        self.batches = 0  # forward batches run (tests read it)
+
+    @property
+    def queued_images(self) -> int:
+        return sum(j.req.n for j in self.pending)
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def submit(self, req: GenerateRequest):
+        """Images of this request; a cancelled caller (timeout, disconnect) leaves the queue at once."""
+        if self.queued_images + req.n > self.limits.max_queue:
+            raise QueueFull(f"queue full: {self.queued_images} images waiting, limit {self.limits.max_queue}")
+        job = Job(req, asyncio.get_running_loop().create_future())
+        self.pending.append(job)
+        self._gauge()
+        self.wake.set()
+        try:
+            return await job.future
+        finally:
+            if job in self.pending:  # cancelled before its batch started: free the slot
+                self.pending.remove(job)
+                self._gauge()
+
+    def _gauge(self):
+        if self.metrics:
+            self.metrics.queue.set(self.queued_images)
+
+    def _take(self) -> list[Job]:
+        """Oldest request first, then later ones with the same settings while the batch has room."""
+        first = self.pending[0]
+        batch, room = [], max(self.limits.max_batch, first.req.n)
+        for j in list(self.pending):
+            if j.req.batch_key == first.req.batch_key and j.req.n <= room:
+                batch.append(j)
+                room -= j.req.n
+                self.pending.remove(j)
+                if room == 0:
+                    break
+        self._gauge()
+        return batch
+
+    def _room_left(self) -> bool:
+        key = self.pending[0].req.batch_key
+        return sum(j.req.n for j in self.pending if j.req.batch_key == key) < self.limits.max_batch
+
+    async def _loop(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.pending:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            deadline = self.pending[0].arrived + self.limits.max_wait_ms / 1000
+            while self.pending and self._room_left() and (left := deadline - time.monotonic()) > 0:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            if not self.pending:
+                continue
+            batch = self._take()
+            req = batch[0].req
+            seeds = [s for j in batch for s in j.req.seeds]
+            prompts = [j.req.prompt for j in batch for _ in range(j.req.n)] if req.prompt is not None else None
+            pad = self.limits.max_batch if self.limits.exact else None
+            t0 = time.monotonic()
+            try:
+                images, joules = await loop.run_in_executor(self.executor, self.run_batch, req.batch_key, seeds, prompts, pad)
+            except Exception as exc:  # a failing batch fails its requests, not the server
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            self.batches += 1
+            seconds = time.monotonic() - t0
+            if self.metrics:
+                self.metrics.batch_done(req.model, len(seeds), seconds, joules)
+            i = 0
+            for j in batch:
+                if not j.future.done():  # a caller that went away while its batch ran
+                    j.future.set_result((images[i:i + j.req.n], len(seeds), seconds))
+                i += j.req.n
