@@ -68,7 +68,8 @@ def bench_serve(
     teacher: str = typer.Option("builtin:digits", help="Teacher model source."),
     student: str = typer.Option(..., help="Student folder (from `dkdm distill`)."),
     clients: str = typer.Option("1,4,16", help="Concurrent clients per run."),
-    requests: int = typer.Option(48, min=1, help="Requests per client count (split across the clients)."),
+    seconds: float = typer.Option(8.0, min=0.5, help="Measured window per run (after --warmup)."),
+    warmup: float = typer.Option(2.0, min=0, help="Seconds of load before each window, not counted."),
     steps: int = typer.Option(25, min=1), max_batch: int = typer.Option(16, min=1),
     threads: Optional[int] = typer.Option(None, min=1), port: int = typer.Option(0, help="0: a free loopback port."),
     memory_ceiling_mb: float = typer.Option(1024, help="Fail if the server's peak RSS goes above this."),
@@ -83,7 +84,7 @@ def bench_serve(
         counts = [int(c) for c in clients.split(",") if c.strip()]
     except ValueError:
         raise DkdmError(f"--clients must be comma-separated integers, got {clients!r}")
-    res = run(teacher=teacher, student=student, clients=counts, requests=requests, steps=steps, max_batch=max_batch,
+    res = run(teacher=teacher, student=student, clients=counts, seconds=seconds, warmup=warmup, steps=steps, max_batch=max_batch,
               threads=threads, port=port, memory_ceiling_mb=memory_ceiling_mb, log=typer.echo,
               command="dkdm bench serve " + " ".join(sys.argv[3:]))
     atomic_write_json(out, res)

@@ -78,7 +78,7 @@ def build_app(models: dict[str, Served], limits: Limits = Limits(), counter=None
         try:
             req, fmt = parse(await _read_body(request, limits.max_body_bytes), models, limits)
             model = req.model
-            job = asyncio.ensure_future(asyncio.wait_for(batcher.submit(req), limits.timeout_s))
+            job = asyncio.ensure_future(batcher.submit(req))
             gone = asyncio.ensure_future(_until_disconnect(request))
             await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not job.done():  # the client went away: free its place in the queue

@@ -50,7 +50,7 @@ class Batcher:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit(self, req: GenerateRequest):
-        """Images of this request; a cancelled caller (timeout, disconnect) leaves the queue at once."""
+        """This request's result; a caller that times out in the queue or is cancelled (disconnect) leaves it at once."""
         if self.queued_images + req.n > self.limits.max_queue:
             raise QueueFull(f"queue full: {self.queued_images} images waiting, limit {self.limits.max_queue}")
         job = Job(req, asyncio.get_running_loop().create_future())
@@ -58,6 +58,9 @@ class Batcher:
         self._gauge()
         self.wake.set()
         try:
+            await asyncio.wait({job.future}, timeout=self.limits.timeout_s)
+            if not job.future.done() and job in self.pending:  # never started: 503; a running batch is waited for
+                raise asyncio.TimeoutError
             return await job.future
         finally:
             if job in self.pending:  # cancelled before its batch started: free the slot

@@ -115,7 +115,7 @@ def parse(raw: bytes, models: dict, limits: Limits) -> tuple[GenerateRequest, st
         raise BadRequest(422, "guidance", f"model {name} is unconditional: guidance must be 1")
     req = GenerateRequest(
         model=name, seed=_int(body, "seed", 0, 0, 2**32 - 1 - n), n=n,
-        steps=_int(body, "steps", 25, 1, limits.max_steps), scheduler=scheduler,
+        steps=_int(body, "steps", min(25, limits.max_steps), 1, limits.max_steps), scheduler=scheduler,
         eta=_float(body, "eta", 0.0, 0.0, 1.0), guidance=guidance,
         prompt=prompt if m.conditional else None)
     return req, fmt
