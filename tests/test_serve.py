@@ -196,3 +196,40 @@ def test_cli_refuses_a_model_it_cannot_load(tmp_path):
     r = run_cli("serve", tmp_path / "missing", "--port", "0", timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "does not exist" in r.stderr
+
+
+def save_tiny_sd_pipeline(path):
+    """A StableDiffusionPipeline built from configs: CLIP text encoder, conditional U-Net, a VAE (latents 2x smaller)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from test_cache_conditional import save_tiny_conditional_teacher
+
+    parts = save_tiny_conditional_teacher(path.parent / "parts")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, sample_size=16)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel.from_pretrained(parts / "text_encoder"),
+                                   tokenizer=CLIPTokenizer.from_pretrained(parts / "tokenizer"),
+                                   unet=UNet2DConditionModel.from_pretrained(parts / "unet"),
+                                   scheduler=DDPMScheduler.from_pretrained(parts / "scheduler", clip_sample=False), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_text_conditioned_latent_pipeline(tmp_path):
+    from dkdm.commands.serve import load_models
+
+    models = load_models([f"t2i={save_tiny_sd_pipeline(tmp_path / 'sd')}"], "cpu", "fp32", False)
+    with LiveServer(build_app(models, LIMITS)) as s:
+        info = httpx.get(s.url + "/v1/models").json()["models"][0]
+        assert info["conditional"] and info["latent"] and info["image_shape"] == [3, 16, 16]
+        r = post(s, prompt="a seven", seed=1, n=2, steps=3, guidance=2.0)  # one model: "model" may be left out
+        a = pngs(r)
+        assert [x.shape for x in a] == [(16, 16, 3)] * 2
+        assert np.array_equal(a[0], pngs(post(s, prompt="a seven", seed=1, steps=3, guidance=2.0))[0])
+        assert not np.array_equal(a[0], pngs(post(s, prompt="zero", seed=1, steps=3, guidance=2.0))[0])
+        bad = post(s, seed=1, steps=3)
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "prompt"
