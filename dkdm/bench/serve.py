@@ -95,13 +95,14 @@ async def load(url: str, body: dict, clients: int, seconds: float, warmup: float
             "mean_batch_images": statistics.fmean(batch) if batch else None}
 
 
-def bench_serve(teacher: str, student: str, clients: list[int], seconds: float = 8.0, warmup: float = 2.0,
+def bench_serve(teacher: str, student: str, clients: list[int], off_clients: list[int] | None = None,
+                seconds: float = 8.0, warmup: float = 2.0,
                 steps: int = 25, max_batch: int = 16, threads: int | None = None, port: int = 0,
                 memory_ceiling_mb: float = 1024, log=print, command: str = "") -> dict:
     if not clients or min(clients) < 1:
         raise DkdmError(f"--clients must be positive integers, got {clients}")
     threads = threads or min(2, os.cpu_count() or 1)
-    runs, rss = [], {}
+    runs, rss, load_before = [], {}, os.getloadavg()
     for batching, mb in (("on", max_batch), ("off", 1)):
         p = port or free_port()
         extra = ["--max-batch", str(mb), "--threads", str(threads), "--max-queue", str(max(64, 2 * max(clients))),
@@ -109,7 +110,7 @@ def bench_serve(teacher: str, student: str, clients: list[int], seconds: float =
         proc = start_server([f"teacher={teacher}", f"student={student}"], p, extra)
         try:
             url = f"http://127.0.0.1:{p}/v1/generate"
-            for c in clients:
+            for c in (clients if batching == "on" or off_clients is None else off_clients):
                 for model in ("teacher", "student"):  # in turns: load from elsewhere hits both alike
                     r = asyncio.run(load(url, {"model": model, "steps": steps, "n": 1}, c, seconds, warmup))
                     r |= {"model": model, "batching": batching, "max_batch": mb}
@@ -128,7 +129,8 @@ def bench_serve(teacher: str, student: str, clients: list[int], seconds: float =
             "memory_ceiling_mb": memory_ceiling_mb, "steps": steps, "scheduler": "ddim", "seconds_per_run": seconds,
             "warmup_s": warmup, "threads": threads, "teacher": teacher, "student": student, "command": command,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count(), "torch": torch.__version__},
+                        "cpus": os.cpu_count(), "torch": torch.__version__,
+                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -161,7 +163,8 @@ def render(res: dict, json_path: str) -> str:
     m = res["machine"]
     lines = [SECTION, "",
              f"`{res['command']}` — {res['date']}, {m['processor']}, {m['cpus']} CPUs, torch {m['torch']}, "
-             f"{res['threads']} torch threads in the server; DDIM-{res['steps']}, one 16×16 image per request, closed loop "
+             f"{res['threads']} torch threads in the server, load average {m['loadavg_before'][0]:.1f} before / "
+             f"{m['loadavg_after'][0]:.1f} after; DDIM-{res['steps']}, one 16×16 image per request, closed loop "
              f"({res['seconds_per_run']:g} s window after {res['warmup_s']:g} s warm-up). Teacher `{res['teacher']}`, "
              f"student `{res['student']}`. JSON: `{json_path}`.", "",
              "| batching | clients | model | images/s | p50 ms | p95 ms | p99 ms | errors | mean batch |",

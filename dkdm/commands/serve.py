@@ -36,7 +36,7 @@ def serve(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the U-Nets (slow start)."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: torch's)."),
     max_batch: int = typer.Option(16, min=1, help="Images per forward batch; 1 = no batching across requests."),
-    max_wait_ms: float = typer.Option(5.0, min=0, help="How long a request waits for others to batch with."),
+    max_wait_ms: float = typer.Option(0.0, min=0, help="How long a lone request waits for others to batch with (0: batches form from what queues while the model runs)."),
     max_queue: int = typer.Option(64, min=1, help="Images waiting at most; more gets 429."),
     max_steps: int = typer.Option(100, min=1), max_images: int = typer.Option(16, min=1, help="Images per request."),
     max_body: int = typer.Option(16384, min=64, help="Request body bytes."),
@@ -68,6 +68,7 @@ def bench_serve(
     teacher: str = typer.Option("builtin:digits", help="Teacher model source."),
     student: str = typer.Option(..., help="Student folder (from `dkdm distill`)."),
     clients: str = typer.Option("1,4,16", help="Concurrent clients per run."),
+    off_clients: Optional[str] = typer.Option(None, help="Client counts for batching off (default: --clients)."),
     seconds: float = typer.Option(8.0, min=0.5, help="Measured window per run (after --warmup)."),
     warmup: float = typer.Option(2.0, min=0, help="Seconds of load before each window, not counted."),
     steps: int = typer.Option(25, min=1), max_batch: int = typer.Option(16, min=1),
@@ -80,11 +81,15 @@ def bench_serve(
     from ..bench.serve import bench_serve as run, render, write_section
     from ..runtime import atomic_write_json
 
-    try:
-        counts = [int(c) for c in clients.split(",") if c.strip()]
-    except ValueError:
-        raise DkdmError(f"--clients must be comma-separated integers, got {clients!r}")
-    res = run(teacher=teacher, student=student, clients=counts, seconds=seconds, warmup=warmup, steps=steps, max_batch=max_batch,
+    def ints(text, flag):
+        try:
+            return [int(c) for c in text.split(",") if c.strip()]
+        except ValueError:
+            raise DkdmError(f"{flag} must be comma-separated integers, got {text!r}")
+
+    counts = ints(clients, "--clients")
+    off = ints(off_clients, "--off-clients") if off_clients else None
+    res = run(teacher=teacher, student=student, clients=counts, off_clients=off, seconds=seconds, warmup=warmup, steps=steps, max_batch=max_batch,
               threads=threads, port=port, memory_ceiling_mb=memory_ceiling_mb, log=typer.echo,
               command="dkdm bench serve " + " ".join(sys.argv[3:]))
     atomic_write_json(out, res)
