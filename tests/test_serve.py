@@ -233,3 +233,17 @@ def test_text_conditioned_latent_pipeline(tmp_path):
         assert not np.array_equal(a[0], pngs(post(s, prompt="zero", seed=1, steps=3, guidance=2.0))[0])
         bad = post(s, seed=1, steps=3)
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "prompt"
+
+
+def test_bench_compares_at_equal_p95():
+    from dkdm.bench.serve import summarize
+
+    def run(model, batching, clients, ips, p95):
+        return {"model": model, "batching": batching, "clients": clients, "images_per_s": ips, "p95_ms": p95}
+
+    runs = [run("teacher", "on", 4, 10, 400), run("student", "on", 4, 15, 250), run("student", "on", 16, 30, 390),
+            run("student", "on", 64, 50, 900), run("teacher", "off", 4, 5, 800), run("student", "off", 4, 12, 300)]
+    s = summarize(runs)["clients_4"]
+    assert s["ratio_same_clients"] == 1.5
+    assert s["ratio_equal_p95"] == 3.0 and s["student_at_equal_p95"]["clients"] == 16  # 64 clients is over the p95
+    assert summarize(runs)["batching_gain"] == {"teacher_clients_4": 2.0, "student_clients_4": 1.25}
