@@ -56,6 +56,13 @@ def start_server(models: list[str], port: int, extra: list[str], wait_s: float =
     raise DkdmError(f"server not ready within {wait_s:.0f} s")
 
 
+def busy_seconds(port: int, model: str) -> float:
+    """Seconds the server's compute thread has spent on this model's batches (from /metrics)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    m = re.search(rf'^dkdm_batch_seconds_sum{{model="{re.escape(model)}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -104,6 +111,8 @@ def bench_serve(teacher: str, student: str, clients: list[int], off_clients: lis
     threads = threads or min(2, os.cpu_count() or 1)
     runs, rss, load_before = [], {}, os.getloadavg()
     for batching, mb in (("on", max_batch), ("off", 1)):
+        if batching == "off" and off_clients == []:
+            continue
         p = port or free_port()
         extra = ["--max-batch", str(mb), "--threads", str(threads), "--max-queue", str(max(64, 2 * max(clients))),
                  "--timeout", "300"]
@@ -112,12 +121,15 @@ def bench_serve(teacher: str, student: str, clients: list[int], off_clients: lis
             url = f"http://127.0.0.1:{p}/v1/generate"
             for c in (clients if batching == "on" or off_clients is None else off_clients):
                 for model in ("teacher", "student"):  # in turns: load from elsewhere hits both alike
+                    busy0 = busy_seconds(p, model)
                     r = asyncio.run(load(url, {"model": model, "steps": steps, "n": 1}, c, seconds, warmup))
-                    r |= {"model": model, "batching": batching, "max_batch": mb}
+                    # share of the run the compute thread was busy (warm-up included on both sides: a diagnostic)
+                    busy = (busy_seconds(p, model) - busy0) / (r["seconds"] + warmup)
+                    r |= {"model": model, "batching": batching, "max_batch": mb, "compute_busy": busy}
                     runs.append(r)
                     log(f"batching {batching:3s} clients {c:3d} {model:8s} {r['images_per_s']:7.1f} img/s  "
                         f"p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-                        f"errors {r['errors']}  mean batch {r['mean_batch_images']:.1f}")
+                        f"errors {r['errors']}  mean batch {r['mean_batch_images']:.1f}  busy {busy:.2f}", flush=True)
             rss[batching] = peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
@@ -167,11 +179,11 @@ def render(res: dict, json_path: str) -> str:
              f"{m['loadavg_after'][0]:.1f} after; DDIM-{res['steps']}, one 16×16 image per request, closed loop "
              f"({res['seconds_per_run']:g} s window after {res['warmup_s']:g} s warm-up). Teacher `{res['teacher']}`, "
              f"student `{res['student']}`. JSON: `{json_path}`.", "",
-             "| batching | clients | model | images/s | p50 ms | p95 ms | p99 ms | errors | mean batch |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| batching | clients | model | images/s | p50 ms | p95 ms | p99 ms | errors | mean batch | compute busy |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["runs"]:
         lines.append(f"| {r['batching']} (max {r['max_batch']}) | {r['clients']} | {r['model']} | {r['images_per_s']:.1f} | "
-                     f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['mean_batch_images']:.1f} |")
+                     f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['mean_batch_images']:.1f} | {r['compute_busy']:.2f} |")
     lines += ["", "| clients (batching on) | student/teacher images/s, same clients | at equal p95 (student run used) |",
               "|---:|---:|---|"]
     for k, s in res["summary"].items():

@@ -36,7 +36,7 @@ def serve(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the U-Nets (slow start)."),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: torch's)."),
     max_batch: int = typer.Option(16, min=1, help="Images per forward batch; 1 = no batching across requests."),
-    max_wait_ms: float = typer.Option(0.0, min=0, help="How long a lone request waits for others to batch with (0: batches form from what queues while the model runs)."),
+    max_wait_ms: float = typer.Option(10.0, min=0, help="How long a batch waits for the previous batch's clients to come back (never for a lone client)."),
     max_queue: int = typer.Option(64, min=1, help="Images waiting at most; more gets 429."),
     max_steps: int = typer.Option(100, min=1), max_images: int = typer.Option(16, min=1, help="Images per request."),
     max_body: int = typer.Option(16384, min=64, help="Request body bytes."),
@@ -88,7 +88,7 @@ def bench_serve(
             raise DkdmError(f"{flag} must be comma-separated integers, got {text!r}")
 
     counts = ints(clients, "--clients")
-    off = ints(off_clients, "--off-clients") if off_clients else None
+    off = ints(off_clients, "--off-clients") if off_clients is not None else None  # "" = no batching-off runs
     res = run(teacher=teacher, student=student, clients=counts, off_clients=off, seconds=seconds, warmup=warmup, steps=steps, max_batch=max_batch,
               threads=threads, port=port, memory_ceiling_mb=memory_ceiling_mb, log=typer.echo,
               command="dkdm bench serve " + " ".join(sys.argv[3:]))

@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests with the same model and settings share one forward batch.
 
 One compute thread runs batches one after another (torch uses its own intra-op threads); while it runs,
-new requests queue up and join the next batch, so batches grow with load without any waiting at low load
-beyond `max_wait_ms`.
+new requests queue up and join the next batch, so batches grow with load. A batch waits up to `max_wait_ms`
+for the clients of the previous batch to come back (see `_want_more`); a lone client never waits.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="dkdm-compute", initializer=init_thread)
         self.task: asyncio.Task | None = None
         self.batches = 0  # forward batches run (tests read it)
+        self.last_size: dict[tuple, int] = {}  # images in the last batch per settings key
 
     @property
     def queued_images(self) -> int:
@@ -85,9 +86,13 @@ class Batcher:
         self._gauge()
         return batch
 
-    def _room_left(self) -> bool:
+    def _want_more(self) -> bool:
+        """Wait for company only while fewer images are queued than the last batch of these settings had: under
+        steady load the clients of the last batch are coming back (staggered by their own overhead), and a batch
+        started with the first of them costs nearly a full batch's time; a lone client is never made to wait."""
         key = self.pending[0].req.batch_key
-        return sum(j.req.n for j in self.pending if j.req.batch_key == key) < self.limits.max_batch
+        queued = sum(j.req.n for j in self.pending if j.req.batch_key == key)
+        return queued < min(self.limits.max_batch, self.last_size.get(key, 1))
 
     async def _loop(self):
         loop = asyncio.get_running_loop()
@@ -97,7 +102,7 @@ class Batcher:
                 await self.wake.wait()
                 continue
             deadline = self.pending[0].arrived + self.limits.max_wait_ms / 1000
-            while self.pending and self._room_left() and (left := deadline - time.monotonic()) > 0:
+            while self.pending and self._want_more() and (left := deadline - time.monotonic()) > 0:
                 self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), left)
@@ -119,6 +124,7 @@ class Batcher:
                         j.future.set_exception(exc)
                 continue
             self.batches += 1
+            self.last_size[req.batch_key] = len(seeds)
             seconds = time.monotonic() - t0
             if self.metrics:
                 self.metrics.batch_done(req.model, len(seeds), seconds, joules)

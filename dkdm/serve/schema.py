@@ -15,7 +15,7 @@ class Limits:
     max_body_bytes: int = 16_384  # request body
     max_queue: int = 64  # images waiting to be computed; more gets 429
     max_batch: int = 16  # images per forward batch (1 = no batching across requests)
-    max_wait_ms: float = 0.0  # how long the first request of a batch waits for company (0: take what queued meanwhile)
+    max_wait_ms: float = 10.0  # how long a batch may wait for the previous batch's clients to come back
     timeout_s: float = 60.0  # a request still waiting after this gets 503
     max_prompt_chars: int = 500
     exact: bool = False  # pad every batch to max_batch: batched images bit-identical to single requests
