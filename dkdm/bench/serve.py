@@ -40,7 +40,7 @@ def peak_rss_mb(pid: int) -> float:
     raise DkdmError("cannot read peak RSS: /proc/PID/status has no VmHWM (Linux only)")
 
 
-def start_server(models: list[str], port: int, extra: list[str], wait_s: float = 120) -> subprocess.Popen:
+def start_server(models: list[str], port: int, extra: list[str], wait_s: float = 900) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "dkdm.cli", "serve", *models, "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.time()
@@ -104,7 +104,7 @@ async def load(url: str, body: dict, clients: int, seconds: float, warmup: float
 
 def bench_serve(teacher: str, student: str, clients: list[int], off_clients: list[int] | None = None,
                 seconds: float = 8.0, warmup: float = 2.0,
-                steps: int = 25, max_batch: int = 16, threads: int | None = None, port: int = 0,
+                steps: int = 25, max_batch: int = 16, threads: int | None = None, port: int = 0, compile: bool = False,
                 memory_ceiling_mb: float = 1024, log=print, command: str = "") -> dict:
     if not clients or min(clients) < 1:
         raise DkdmError(f"--clients must be positive integers, got {clients}")
@@ -115,7 +115,7 @@ def bench_serve(teacher: str, student: str, clients: list[int], off_clients: lis
             continue
         p = port or free_port()
         extra = ["--max-batch", str(mb), "--threads", str(threads), "--max-queue", str(max(64, 2 * max(clients))),
-                 "--timeout", "300"]
+                 "--timeout", "300"] + (["--compile"] if compile else [])
         proc = start_server([f"teacher={teacher}", f"student={student}"], p, extra)
         try:
             url = f"http://127.0.0.1:{p}/v1/generate"
@@ -129,7 +129,7 @@ def bench_serve(teacher: str, student: str, clients: list[int], off_clients: lis
                     runs.append(r)
                     log(f"batching {batching:3s} clients {c:3d} {model:8s} {r['images_per_s']:7.1f} img/s  "
                         f"p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-                        f"errors {r['errors']}  mean batch {r['mean_batch_images']:.1f}  busy {busy:.2f}", flush=True)
+                        f"errors {r['errors']}  mean batch {r['mean_batch_images']:.1f}  busy {busy:.2f}")
             rss[batching] = peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
@@ -139,7 +139,7 @@ def bench_serve(teacher: str, student: str, clients: list[int], off_clients: lis
                 proc.kill()
     return {"runs": runs, "summary": summarize(runs), "peak_rss_mb": max(rss.values()), "peak_rss_mb_per_server": rss,
             "memory_ceiling_mb": memory_ceiling_mb, "steps": steps, "scheduler": "ddim", "seconds_per_run": seconds,
-            "warmup_s": warmup, "threads": threads, "teacher": teacher, "student": student, "command": command,
+            "warmup_s": warmup, "threads": threads, "compile": compile, "teacher": teacher, "student": student, "command": command,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "torch": torch.__version__,
                         "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
@@ -175,7 +175,7 @@ def render(res: dict, json_path: str) -> str:
     m = res["machine"]
     lines = [SECTION, "",
              f"`{res['command']}` — {res['date']}, {m['processor']}, {m['cpus']} CPUs, torch {m['torch']}, "
-             f"{res['threads']} torch threads in the server, load average {m['loadavg_before'][0]:.1f} before / "
+             f"{res['threads']} torch threads in the server{' (torch.compile)' if res.get('compile') else ''}, load average {m['loadavg_before'][0]:.1f} before / "
              f"{m['loadavg_after'][0]:.1f} after; DDIM-{res['steps']}, one 16×16 image per request, closed loop "
              f"({res['seconds_per_run']:g} s window after {res['warmup_s']:g} s warm-up). Teacher `{res['teacher']}`, "
              f"student `{res['student']}`. JSON: `{json_path}`.", "",
