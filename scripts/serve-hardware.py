@@ -1,7 +1,8 @@
 """What --threads, --dtype and --compile buy on this machine, per batch size, teacher vs student (docs/serve.md).
 
-usage: python scripts/serve-hardware.py STUDENT_FOLDER OUT.json [--compile]
-Times `dkdm.serve.models.generate` (the server's compute call: DDIM-25, 16x16) best of 3 after a warm-up.
+usage: python scripts/serve-hardware.py STUDENT_FOLDER OUT.json [THREADS:DTYPE[:compile] ...]
+Times `dkdm.serve.models.generate` (the server's compute call: DDIM-25, 16x16), best of 2 after a warm-up;
+teacher and student take turns at each batch size.
 """
 
 import json
@@ -15,11 +16,11 @@ from dkdm.runtime import atomic_write_json
 from dkdm.serve.models import generate, load_served
 
 student, out = sys.argv[1], sys.argv[2]
-with_compile = "--compile" in sys.argv
+specs = sys.argv[3:] or ["1:fp32", "2:fp32", "1:bf16", "1:fp32:compile"]
 rows = []
 
 
-def best(m, bs, reps=3):
+def best(m, bs, reps=2):
     generate(m, list(range(bs)), 25, "ddim")  # warm-up (and compilation)
     times = []
     for _ in range(reps):
@@ -29,12 +30,13 @@ def best(m, bs, reps=3):
     return min(times)
 
 
-settings = [(2, "fp32", False), (1, "fp32", False), (2, "bf16", False)] + ([(2, "fp32", True)] if with_compile else [])
-for threads, dtype, comp in settings:
+for spec in specs:
+    threads, dtype, *rest = spec.split(":")
+    threads, comp = int(threads), rest == ["compile"]
     torch.set_num_threads(threads)
     models = {n: load_served(f"{n}={src}", torch.device("cpu"), dtype, comp)
               for n, src in (("teacher", "builtin:digits"), ("student", student))}
-    for bs in (1, 4, 16, 64):
+    for bs in (1, 16, 64):
         s = {n: best(m, bs) for n, m in models.items()}
         row = {"threads": threads, "dtype": dtype, "compile": comp, "batch": bs,
                "teacher_ms": 1000 * s["teacher"], "student_ms": 1000 * s["student"],

@@ -247,3 +247,21 @@ def test_bench_compares_at_equal_p95():
     assert s["ratio_same_clients"] == 1.5
     assert s["ratio_equal_p95"] == 3.0 and s["student_at_equal_p95"]["clients"] == 16  # 64 clients is over the p95
     assert summarize(runs)["batching_gain"] == {"teacher_clients_4": 2.0, "student_clients_4": 1.25}
+
+
+def test_cli_serves_on_loopback(tiny_teacher):
+    from dkdm.bench.serve import free_port, peak_rss_mb, start_server
+
+    port = free_port()
+    proc = start_server([f"t={tiny_teacher}"], port, ["--threads", "1", "--max-steps", "5"])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(base + "/healthz").json()["models"] == ["t"]
+        r = httpx.post(base + "/v1/generate", json={"seed": 5, "steps": 5, "format": "png"}, timeout=60)
+        assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+        assert httpx.post(base + "/v1/generate", json={"steps": 6}).json()["error"]["field"] == "steps"
+        assert 0 < peak_rss_mb(proc.pid) < 2048
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert "127.0.0.1" in proc.stdout.read()  # loopback unless told otherwise
