@@ -1,6 +1,6 @@
 """docs/serve-page.png: the web page of `dkdm serve` with the real teacher and student, in headless Chromium.
 
-usage: python scripts/serve-page-screenshot.py STUDENT_FOLDER [OUT.png]
+usage: python scripts/serve-page-screenshot.py OUT.png NAME=STUDENT_FOLDER [NAME=STUDENT_FOLDER ...]
 """
 
 import sys
@@ -12,9 +12,9 @@ from test_serve_browser import drive_page  # noqa: E402
 
 from dkdm.bench.serve import free_port, start_server  # noqa: E402
 
-student, out = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "docs/serve-page.png")
+out, students = sys.argv[1], sys.argv[2:]
 port = free_port()
-proc = start_server(["teacher=builtin:digits", f"student={student}"], port, ["--threads", "2"])
+proc = start_server(["teacher=builtin:digits", *students], port, ["--threads", "1"])
 try:
     shown = drive_page(f"http://127.0.0.1:{port}/", out, steps=25, n=8)
     for name, panel in shown.items():

@@ -21,7 +21,7 @@ def drive_page(url: str, screenshot: str, steps: int = 5, n: int = 4, prompt: st
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 520})
+        page = browser.new_page(viewport={"width": 1000, "height": 480})
         page.goto(url)
         page.wait_for_selector("#models input[type=checkbox]")
         page.fill("#steps", str(steps))
