@@ -17,6 +17,8 @@ def load_models(specs: list[str], device: str, dtype: str, compile: bool) -> dic
     from ..serve.models import generate, load_served
 
     dev = pick_device(device)
+    if dtype == "fp16" and dev.type == "cpu":
+        raise DkdmError("--dtype fp16 is for GPUs; use fp32 or bf16 on the CPU")
     models = {}
     for spec in specs:
         m = load_served(spec, dev, dtype, compile)
@@ -53,8 +55,6 @@ def serve(
 
     if threads:
         torch.set_num_threads(threads)
-    if dtype == "fp16" and device in ("cpu",):
-        raise DkdmError("--dtype fp16 is for GPUs; use fp32 or bf16 on the CPU")
     models = load_models(list(model), device, dtype, compile)
     counter, why = open_counter(next(iter(models.values())).teacher.device)
     limits = Limits(max_steps=max_steps, max_images=max_images, max_body_bytes=max_body, max_queue=max_queue,

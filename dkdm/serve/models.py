@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ class Served:
     source: str
     teacher: Teacher  # the loaded pipeline parts: unet, scheduler config, text encoder + tokenizer when conditional
     vae: torch.nn.Module | None = None  # latent pipelines: images are the VAE's decode of the sampled latents
-    fn_cache: dict = field(default_factory=dict)
+    sched_cache: dict = field(default_factory=dict)
 
     @property
     def conditional(self) -> bool:
@@ -66,7 +65,7 @@ def load_served(spec: str, device: torch.device, dtype: str = "fp32", compile: b
     try:
         t = load_teacher(_folder(source), device, DTYPES[dtype])
     except DkdmError:
-        raise
+        raise  # already one line that says what to do
     except Exception as exc:  # a broken folder: unreadable config, truncated weights...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DkdmError(f"could not load model {source!r}: {first}") from exc
@@ -107,9 +106,9 @@ def generate(m: Served, seeds: list[int], steps: int, scheduler: str, eta: float
     """Images in [-1, 1], (N, C, H, W) on the CPU: `dkdm evaluate`'s sampler, one generator per seed."""
     device = m.teacher.device
     key = (scheduler, steps, spacing)
-    if key not in m.fn_cache:  # building a scheduler costs ~1 ms; a server sees the same few settings again and again
-        m.fn_cache[key] = scheduler_for(scheduler, steps, spacing, m.teacher.scheduler_config)[0]
-    sched = m.fn_cache[key]
+    if key not in m.sched_cache:  # building a scheduler costs ~1 ms; a server sees the same few settings again and again
+        m.sched_cache[key] = scheduler_for(scheduler, steps, spacing, m.teacher.scheduler_config)[0]
+    sched = m.sched_cache[key]
     x = sample(_model_fn(m, prompts, guidance, device), sched, seeds, m.teacher.sample_shape, eta=eta, device=device,
                clamp=m.vae is None)
     if m.vae is not None:
