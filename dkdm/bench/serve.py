@@ -105,6 +105,7 @@ async def load(url: str, body: dict, clients: int, seconds: float, warmup: float
 def bench_serve(teacher: str, student: str, clients: list[int], off_clients: list[int] | None = None,
                 seconds: float = 8.0, warmup: float = 2.0,
                 steps: int = 25, max_batch: int = 16, threads: int | None = None, port: int = 0, compile: bool = False,
+                max_wait_ms: float | None = None,
                 memory_ceiling_mb: float = 1024, log=print, command: str = "") -> dict:
     if not clients or min(clients) < 1:
         raise DkdmError(f"--clients must be positive integers, got {clients}")
@@ -115,7 +116,8 @@ def bench_serve(teacher: str, student: str, clients: list[int], off_clients: lis
             continue
         p = port or free_port()
         extra = ["--max-batch", str(mb), "--threads", str(threads), "--max-queue", str(max(64, 2 * max(clients))),
-                 "--timeout", "300"] + (["--compile"] if compile else [])
+                 "--timeout", "300"] + (["--compile"] if compile else []) \
+            + (["--max-wait-ms", str(max_wait_ms)] if max_wait_ms is not None else [])
         proc = start_server([f"teacher={teacher}", f"student={student}"], p, extra)
         try:
             url = f"http://127.0.0.1:{p}/v1/generate"
@@ -139,7 +141,7 @@ def bench_serve(teacher: str, student: str, clients: list[int], off_clients: lis
                 proc.kill()
     return {"runs": runs, "summary": summarize(runs), "peak_rss_mb": max(rss.values()), "peak_rss_mb_per_server": rss,
             "memory_ceiling_mb": memory_ceiling_mb, "steps": steps, "scheduler": "ddim", "seconds_per_run": seconds,
-            "warmup_s": warmup, "threads": threads, "compile": compile, "teacher": teacher, "student": student, "command": command,
+            "warmup_s": warmup, "threads": threads, "compile": compile, "max_wait_ms": max_wait_ms, "teacher": teacher, "student": student, "command": command,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "torch": torch.__version__,
                         "loadavg_before": load_before, "loadavg_after": os.getloadavg()},

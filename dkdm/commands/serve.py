@@ -74,6 +74,7 @@ def bench_serve(
     steps: int = typer.Option(25, min=1), max_batch: int = typer.Option(16, min=1),
     threads: Optional[int] = typer.Option(None, min=1), port: int = typer.Option(0, help="0: a free loopback port."),
     compile: bool = typer.Option(False, "--compile", help="Serve with torch.compile (warm-up compiles before timing)."),
+    max_wait_ms: Optional[float] = typer.Option(None, min=0, help="The server's --max-wait-ms (default: its default)."),
     memory_ceiling_mb: float = typer.Option(1024, help="Fail if the server's peak RSS goes above this."),
     out: str = typer.Option("docs/bench-serve.json", help="JSON results; the markdown goes to --md."),
     md: Optional[str] = typer.Option("docs/benchmarks.md", help="Markdown file whose 'Serve' section is (re)written."),
@@ -90,7 +91,7 @@ def bench_serve(
 
     counts = ints(clients, "--clients")
     off = ints(off_clients, "--off-clients") if off_clients is not None else None  # "" = no batching-off runs
-    res = run(teacher=teacher, student=student, clients=counts, off_clients=off, seconds=seconds, warmup=warmup, steps=steps, max_batch=max_batch, compile=compile,
+    res = run(teacher=teacher, student=student, clients=counts, off_clients=off, seconds=seconds, warmup=warmup, steps=steps, max_batch=max_batch, compile=compile, max_wait_ms=max_wait_ms,
               threads=threads, port=port, memory_ceiling_mb=memory_ceiling_mb, log=typer.echo,
               command="dkdm bench serve " + " ".join(sys.argv[3:]))
     atomic_write_json(out, res)

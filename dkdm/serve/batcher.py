@@ -36,7 +36,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="dkdm-compute", initializer=init_thread)
         self.task: asyncio.Task | None = None
         self.batches = 0  # forward batches run (tests read it)
-        self.last_size: dict[tuple, int] = {}  # images in the last batch per settings key
+        self.last_size: dict[tuple, int] = {}  # images in flight when the last batch per settings key ended
 
     @property
     def queued_images(self) -> int:
@@ -87,9 +87,11 @@ class Batcher:
         return batch
 
     def _want_more(self) -> bool:
-        """Wait for company only while fewer images are queued than the last batch of these settings had: under
-        steady load the clients of the last batch are coming back (staggered by their own overhead), and a batch
-        started with the first of them costs nearly a full batch's time; a lone client is never made to wait."""
+        """Wait for company only while fewer images are queued than were in flight (computing + queued) when the
+        last batch of these settings ended: under steady load the clients of that batch are coming back
+        (staggered by their own overhead), and a batch started without them costs nearly a full batch's time.
+        Counting the queued ones too merges two half-size batches that would otherwise alternate for ever.
+        A lone client is never made to wait."""
         key = self.pending[0].req.batch_key
         queued = sum(j.req.n for j in self.pending if j.req.batch_key == key)
         return queued < min(self.limits.max_batch, self.last_size.get(key, 1))
@@ -124,7 +126,8 @@ class Batcher:
                         j.future.set_exception(exc)
                 continue
             self.batches += 1
-            self.last_size[req.batch_key] = len(seeds)
+            waiting = sum(j.req.n for j in self.pending if j.req.batch_key == req.batch_key)
+            self.last_size[req.batch_key] = len(seeds) + waiting
             seconds = time.monotonic() - t0
             if self.metrics:
                 self.metrics.batch_done(req.model, len(seeds), seconds, joules)
