@@ -188,13 +188,12 @@ def render(res: dict, json_path: str) -> str:
                      f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['mean_batch_images']:.1f} | {r['compute_busy']:.2f} |")
     lines += ["", "| clients (batching on) | student/teacher images/s, same clients | at equal p95 (student run used) |",
               "|---:|---:|---|"]
-    for k, s in res["summary"].items():
-        if k.startswith("clients_"):
-            eq = "no student run within the teacher's p95" if s["ratio_equal_p95"] is None else (
-                f"{s['ratio_equal_p95']:.2f}x ({s['student_at_equal_p95']['clients']} clients, batching "
-                f"{s['student_at_equal_p95']['batching']}, p95 {s['student_at_equal_p95']['p95_ms']:.0f} ms "
-                f"≤ teacher's {s['teacher_p95_ms']:.0f} ms)")
-            lines.append(f"| {k.split('_')[1]} | {s['ratio_same_clients']:.2f}x | {eq} |")
+    for k, s in sorted(((k, s) for k, s in res["summary"].items() if k.startswith("clients_")), key=lambda kv: int(kv[0][8:])):
+        eq = "no student run within the teacher's p95" if s["ratio_equal_p95"] is None else (
+            f"{s['ratio_equal_p95']:.2f}x ({s['student_at_equal_p95']['clients']} clients, batching "
+            f"{s['student_at_equal_p95']['batching']}, p95 {s['student_at_equal_p95']['p95_ms']:.0f} ms "
+            f"≤ teacher's {s['teacher_p95_ms']:.0f} ms)")
+        lines.append(f"| {k.split('_')[1]} | {s['ratio_same_clients']:.2f}x | {eq} |")
     lines += ["", f"Server peak RSS (VmHWM): {res['peak_rss_mb']:.0f} MB; ceiling stated: {res['memory_ceiling_mb']:.0f} MB.", ""]
     return "\n".join(lines) + "\n"
 

@@ -103,7 +103,9 @@ class Batcher:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            deadline = self.pending[0].arrived + self.limits.max_wait_ms / 1000
+            # from now, not from the oldest arrival: requests that queued while the last batch ran arrived long ago,
+            # and the clients of that batch only start coming back when it ends
+            deadline = time.monotonic() + self.limits.max_wait_ms / 1000
             while self.pending and self._want_more() and (left := deadline - time.monotonic()) > 0:
                 self.wake.clear()
                 try:
