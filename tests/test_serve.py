@@ -213,7 +213,8 @@ def save_tiny_sd_pipeline(path):
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel.from_pretrained(parts / "text_encoder"),
                                    tokenizer=CLIPTokenizer.from_pretrained(parts / "tokenizer"),
                                    unet=UNet2DConditionModel.from_pretrained(parts / "unet"),
-                                   scheduler=DDPMScheduler.from_pretrained(parts / "scheduler", clip_sample=False), safety_checker=None,
+                                   scheduler=DDPMScheduler.from_pretrained(parts / "scheduler", clip_sample=False, steps_offset=1),
+                                   safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(path)
     return path
