@@ -362,9 +362,12 @@ def bench_cache(
     typer.echo(markdown(res))
 
 
+from .commands import serve as _serve  # noqa: E402
 from .commands import t2i as _t2i  # noqa: E402
 
 _t2i.register(app, friendly)
+app.command("serve")(friendly(_serve.serve))
+bench_app.command("serve")(friendly(_serve.bench_serve))
 
 
 def main():
