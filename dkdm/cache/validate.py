@@ -76,6 +76,11 @@ def _shape(v, where, what):
     return dims
 
 
+def records_per_step(manifest: dict) -> int:
+    """2 for latent caches with paired guidance records (one for the prompt's row, one for the "" row), else 1."""
+    return 2 if str(manifest["record"].get("target_kind", "")).startswith("eps, unguided: per step one record") else 1
+
+
 def legal_steps(manifest: dict) -> set[int]:
     """The timesteps a record of this cache may carry: the manifest's `covered_timesteps` when the cache
     covers shifted grids, else the sampler's own schedule."""
@@ -93,6 +98,11 @@ def check_manifest(m: dict, where: str) -> dict:
         _fail(where, f"teacher class {t['class']!r} is not one of {UNET_CLASSES}")
     if not isinstance(t["fingerprint"], str) or not HEX64.match(t["fingerprint"]):
         _fail(where, "teacher fingerprint is not a sha256")
+    if t.get("vae") is not None:
+        vae = _dict(t["vae"], where, "teacher vae", ("fingerprint", "scaling_factor"))
+        if not isinstance(vae["fingerprint"], str) or not HEX64.match(vae["fingerprint"]):
+            _fail(where, "teacher vae fingerprint is not a sha256")
+        _num(vae["scaling_factor"], where, "teacher vae scaling_factor")
     s = _dict(m["scheduler"], where, "scheduler", ("class", "config"))
     if s["class"] not in SCHEDULER_CLASSES:
         _fail(where, f"scheduler class {s['class']!r} is not one of {SCHEDULER_CLASSES}")
@@ -127,7 +137,8 @@ def check_manifest(m: dict, where: str) -> dict:
         _dict(lay, where, "layout", ("records_per_shard", "records_total"))
         per = _int(lay["records_per_shard"], where, "records_per_shard", 1, limit("shard_records"))
         total = _int(lay["records_total"], where, "records_total", 1, limit("records"))
-        if per != lay["shard_size"] * len(sp.get("kept_steps") or sp["timesteps"]) or total > per * limit("shards"):
+        if per != lay["shard_size"] * len(sp.get("kept_steps") or sp["timesteps"]) * records_per_step(m) \
+                or total > per * limit("shards"):
             _fail(where, f"records_per_shard {per} does not match shard_size x kept steps")
     shards = m.get("shards", [])
     if not isinstance(shards, list):
@@ -172,7 +183,7 @@ def _check_teacher_config(cfg: dict, xs: list, ts: list, where: str) -> None:
 
 def expected_records(entry: dict, m: dict) -> int:
     a, b = entry["trajectories"]
-    return (b - a) * len(m["sampler"].get("kept_steps") or m["sampler"]["timesteps"])
+    return (b - a) * len(m["sampler"].get("kept_steps") or m["sampler"]["timesteps"]) * records_per_step(m)
 
 
 def check_shard_entry(e: dict, m: dict, where: str) -> dict:
@@ -193,7 +204,8 @@ def check_shard_entry(e: dict, m: dict, where: str) -> dict:
     n = _int(e["records"], here, "records", 0, limit("shard_records"))
     if n != expected_records(e, m):
         _fail(here, f"{n} records, but {tr[1] - tr[0]} trajectories x {len(m['sampler'].get('kept_steps') or m['sampler']['timesteps'])} "
-                    f"kept steps make {expected_records(e, m)}", BadShardError)
+                    f"kept steps{' x 2 (paired guidance)' if records_per_step(m) == 2 else ''} make {expected_records(e, m)}",
+              BadShardError)
     _int(e["bytes"], here, "bytes", 0, limit("shard_bytes"))
     r = m["record"]
     decoded = n * np.dtype(STORAGE_NP[r["x_t"]["dtype"]]).itemsize * (math.prod(r["x_t"]["shape"]) + math.prod(r["target"]["shape"]))
@@ -247,6 +259,7 @@ class RecordSpec:
         self.legal = np.array(sorted(legal_steps(m)), dtype=np.int64)
         self.grid = np.array(sp["timesteps"], dtype=np.int64)
         self.n_cond = m["embeddings"]["rows"] if m.get("embeddings") else 0
+        self.per_step = records_per_step(m)
         self.seen: set = set()
         self.count = 0
 
@@ -286,10 +299,12 @@ class RecordSpec:
         elif (b.cond != -1).any():
             self.bad("cond rows set in an unconditional cache")
         keys = (b.traj * (len(self.grid) + 1) + b.step).tolist()
+        if self.per_step == 2:  # paired guidance records share (traj, step) and differ in cond
+            keys = list(zip(keys, b.cond.tolist()))
         before = len(self.seen)
         self.seen.update(keys)
         if len(self.seen) != before + n:
-            self.bad("duplicate (traj, step) records")
+            self.bad("duplicate (traj, step) records" if self.per_step == 1 else "duplicate (traj, step, cond) records")
         self.count += n
         if self.count > self.records:
             self.bad(f"more than the {self.records} records the manifest lists")
