@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from typing import List, Optional
 
 import typer
 
 from . import config as cfgmod
-from .errors import DkdmError
+from .errors import DkdmError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Data-free knowledge distillation of diffusion models.")
@@ -22,21 +23,49 @@ app.add_typer(bench_app, name="bench")
 RECIPE_HELP = "TOML recipe (path, or name in pipelines/); flags override it."
 
 
+def debugging() -> bool:
+    return os.environ.get("DKDM_DEBUG", "") not in ("", "0")
+
+
 def friendly(fn):
-    """Users see one line and a non-zero exit for errors they can fix, never a traceback."""
+    """Users see one line and a non-zero exit for errors they can fix, never a traceback (DKDM_DEBUG=1 or
+    --debug shows it). OS errors (a read-only --out, a full disk, a missing file) are the user's to fix too;
+    anything else is a bug of ours and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DkdmError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
+        except Interrupted as exc:
+            typer.secho(f"interrupted by signal {exc.signum}", err=True)
+            raise typer.Exit(128 + exc.signum)
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
             raise typer.Exit(130)
+        except (DkdmError, OSError, MemoryError) as exc:
+            if debugging():
+                raise
+            typer.secho(f"error: {one_line(exc)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
 
     return wrapper
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, DkdmError):
+        return " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return "out of memory; use smaller sizes (--batch-size, --trajectories)"
+    if isinstance(exc, OSError) and exc.filename is not None:  # PermissionError, FileNotFoundError, ENOSPC...
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also: DKDM_DEBUG=1).")):
+    """Data-free knowledge distillation of diffusion models."""
+    if debug:
+        os.environ["DKDM_DEBUG"] = "1"
 
 
 def _sampler(section, scheduler, steps, eta):
@@ -144,6 +173,7 @@ def distill(
     sample_every: Optional[int] = typer.Option(None, help="Sample grid PNG every N steps."),
     export_ema: Optional[bool] = typer.Option(None, "--export-ema/--export-raw", help="Export EMA (default) or raw weights."),
     tracker: Optional[str] = typer.Option(None, help="tensorboard | none"),
+    on_bad_shard: Optional[str] = typer.Option(None, help="stop (default) | skip: a damaged cache shard stops the run, or is skipped with a warning."),
     quiet: bool = typer.Option(False),
 ):
     """Train a smaller student on teacher outputs (DKDM), from a cache, a live teacher, or both."""
@@ -155,7 +185,7 @@ def distill(
                           device=device, sampler__steps=sampler_steps, real=real, real_ratio=real_ratio, pool_init=pool_init,
                           kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum,
                           checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
-                          sample_every=sample_every, export_ema=export_ema, tracker=tracker)
+                          sample_every=sample_every, export_ema=export_ema, tracker=tracker, on_bad_shard=on_bad_shard)
     res = run(cfg, progress=not quiet)
     typer.echo(f"student saved to {cfg.out}/student  final loss {res['final_loss']:.4f}  {res['records_per_s']:.0f} records/s")
 

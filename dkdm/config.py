@@ -110,6 +110,7 @@ class DistillConfig:
     sample_every: int = 0  # sample grid PNG from fixed seeds every N steps (0 = only at the end)
     export_ema: bool = True
     tracker: str = "auto"  # auto (TensorBoard when installed) | tensorboard | none
+    on_bad_shard: str = "stop"  # stop | skip: a damaged or forged cache shard stops the run, or is skipped with a warning
 
 
 @dataclass
@@ -188,7 +189,9 @@ def load_recipe(recipe: str | Path | None) -> Recipe:
         return Recipe()
     path = resolve_recipe_path(recipe)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DkdmError(f"recipe {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise DkdmError(f"recipe {path} is not valid TOML: {exc}") from exc
     return from_dict(Recipe, data)

@@ -15,7 +15,8 @@ from .cache.embeddings import Conditioning, read_prompts
 from .cache.manifest import SHARD_DIR, make_identity, read_manifest, read_sidecars, seal, shard_name, write_manifest
 from .cache.store import Store
 from .config import GenerateConfig
-from .errors import DkdmError
+from .cache.limits import check
+from .errors import DkdmError, NonFiniteError
 from .latent import PairedGuidance
 from .progress import progress_bar
 from .runtime import pick_device, positive
@@ -53,6 +54,16 @@ def validate(cfg: GenerateConfig) -> None:
     for name in ("trajectories", "shard_size", "batch_size"):
         positive(name, getattr(cfg, name))
     positive("steps", cfg.sampler.steps)
+    check("steps", cfg.sampler.steps, "--steps")
+    check("shard_records", cfg.shard_size, "--shard-size")
+    check("shards", math.ceil(cfg.trajectories / cfg.shard_size), "shards (--trajectories / --shard-size)")
+    check("records", cfg.trajectories * cfg.sampler.steps, "records (--trajectories x --steps)")
+    if cfg.batch_size > 1 << 16:
+        raise DkdmError(f"--batch-size {cfg.batch_size} is absurd for a teacher walk; use at most {1 << 16}")
+    if not (math.isfinite(cfg.sampler.eta) and 0 <= cfg.sampler.eta <= 1):
+        raise DkdmError(f"--eta must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {cfg.sampler.eta}")
+    if not math.isfinite(cfg.guidance_scale):
+        raise DkdmError(f"--guidance-scale must be finite, got {cfg.guidance_scale}")
     if cfg.format not in backend.FORMATS:
         raise DkdmError(f"unknown cache format {cfg.format!r}; choose one of {', '.join(backend.FORMATS)}")
     if cfg.guidance_scale < 1.0:
@@ -134,7 +145,7 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     cid = identity["cache_id"]
     n_shards = math.ceil(cfg.trajectories / cfg.shard_size)
     mine = [g for g in range(n_shards) if g % world == rank]
-    sidecars = {s["index"]: s for s in read_sidecars(store)}
+    sidecars = {s["index"]: s for s in read_sidecars(store, identity)}
     todo = [g for g in mine if not shard_is_complete(store, sidecars, g, _range(g, cfg), cid)]
     skipped = len(mine) - len(todo)
     kept_set = set(kept)
@@ -221,6 +232,10 @@ def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: s
     model = paired or (cond.model(teacher, rows, device) if cond else teacher)
 
     def record(i, t, inp, model_out):
+        if not (torch.isfinite(inp).all() and torch.isfinite(model_out).all()):
+            raise NonFiniteError(f"the teacher walk produced NaN/Inf at step {i} (t={t}) for trajectories "
+                                 f"{int(trajs[0])}..{int(trajs[-1])}; nothing was written for this shard. Check the "
+                                 "teacher's weights and the sampler settings (--eta, --guidance-scale, --dtype)")
         if i in kept and paired is not None:
             out.append(paired.records(rec, inp, cfg.dtype, t, i, trajs, rows))
         elif i in kept:

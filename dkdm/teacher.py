@@ -13,6 +13,7 @@ import torch
 from diffusers import UNet2DModel
 
 from .errors import DkdmError
+from .weights import check_finite, load_unet
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTINS = {"digits": BUILTIN_DIR / "digits-teacher", "digits-t2i": BUILTIN_DIR / "digits-t2i"}
@@ -111,7 +112,7 @@ def _unet_class(folder: Path):
     """UNet2DModel, or the class the folder's config names (UNet2DConditionModel for text-to-image)."""
     try:
         name = json.loads((folder / "config.json").read_text()).get("_class_name", "UNet2DModel")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return UNet2DModel
     if name not in ("UNet2DModel", "UNet2DConditionModel"):
         raise DkdmError(f"teacher {folder} is a {name}; dkdm supports UNet2DModel and UNet2DConditionModel teachers")
@@ -135,9 +136,9 @@ def _load_from(where: str) -> tuple[UNet2DModel, dict]:
     if path.is_dir():
         if (path / "unet").is_dir():
             cls = _unet_class(path / "unet")
-            return cls.from_pretrained(where, subfolder="unet"), _read_scheduler(path / "scheduler")
+            return load_unet(cls, where, "unet"), _read_scheduler(path / "scheduler")
         if (path / "config.json").is_file():
-            return UNet2DModel.from_pretrained(where), _read_scheduler(path)
+            return load_unet(_unet_class(path), where), _read_scheduler(path, model_folder=True)
         raise DkdmError(f"teacher folder {where} has neither unet/ (pipeline layout) nor config.json (model layout)")
     try:  # hub id: same two layouts
         try:
@@ -150,12 +151,16 @@ def _load_from(where: str) -> tuple[UNet2DModel, dict]:
         raise DkdmError(f"could not load teacher {where!r} from the hub: {first}") from exc
 
 
-def _read_scheduler(folder: Path) -> dict:
-    for name in ("scheduler_config.json", "config.json"):
+def _read_scheduler(folder: Path, model_folder: bool = False) -> dict:
+    # in a flat model folder config.json is the model's (it may even carry num_train_timesteps: null)
+    for name in ("scheduler_config.json",) if model_folder else ("scheduler_config.json", "config.json"):
         f = folder / name
         if f.is_file():
-            cfg = json.loads(f.read_text())
-            if "num_train_timesteps" in cfg:
+            try:
+                cfg = json.loads(f.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DkdmError(f"{f} is not valid JSON ({exc})") from None
+            if isinstance(cfg, dict) and isinstance(cfg.get("num_train_timesteps"), int) and cfg["num_train_timesteps"] > 0:
                 return cfg
     # No scheduler saved next to the model: assume the DDPM default the model was most likely trained with.
     return dict(diffusers.DDPMScheduler().config)
@@ -195,6 +200,7 @@ def load_teacher(source: str, device: torch.device | str = "cpu", dtype: torch.d
             vae = vae.to(device).eval().requires_grad_(False)
     else:
         fp = fingerprint(unet)
+    check_finite(unet, f"teacher {source}")
     unet = unet.to(device)
     if dtype != torch.float32:
         unet = unet.to(dtype=dtype)

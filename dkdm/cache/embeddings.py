@@ -92,13 +92,26 @@ class Conditioning:
         group.attrs.update({"sha256": self.sha256, "rule": "record.cond = row of prompt[traj % n_prompts]"})
 
 
-def read_embeddings(store: Store) -> dict:
-    """emb, mask, uncond tensors and prompt texts, checked against the hash the manifest recorded."""
+def read_embeddings(store: Store, expect: dict | None = None) -> dict:
+    """emb, mask, uncond tensors and prompt texts, checked against the hash the manifest recorded; with
+    `expect` (the manifest's `embeddings`) the declared shapes are checked before any array is read."""
     try:
         group = zarr.open_group(zarr_store(store, ROOT), mode="r", zarr_format=3)
+        if expect is not None:
+            rows, seq, dim = expect["rows"], expect["seq"], expect["dim"]
+            want = {"emb": (rows, seq, dim), "mask": (rows, seq), "uncond": (seq, dim), "prompt": (rows,)}
+            got = {k: tuple(group[k].shape) for k in want}
+            if got != want:
+                raise DkdmError(f"{store.url}/{ROOT} declares shapes {got}, the manifest says {want}; refusing")
         emb, mask, uncond = group["emb"][...], group["mask"][...], group["uncond"][...]
+        # the content hash covers bytes, not dtype: a float32 -> int32 flip would keep it
+        if (emb.dtype, mask.dtype, uncond.dtype) != (np.float32, np.int64, np.float32):
+            raise DkdmError(f"{store.url}/{ROOT} holds emb/mask/uncond of dtypes {emb.dtype}/{mask.dtype}/{uncond.dtype}, "
+                            "not float32/int64/float32; refusing")
         prompts = [str(p) for p in group["prompt"][...]]
         want = group.attrs["sha256"]
+    except DkdmError:
+        raise
     except Exception as exc:
         raise DkdmError(f"{store.url}/{ROOT} cannot be read ({type(exc).__name__}: {exc})") from exc
     if content_sha256(emb, mask, uncond, prompts) != want:

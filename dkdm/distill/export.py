@@ -7,7 +7,7 @@ from pathlib import Path
 
 import diffusers
 
-from ..runtime import atomic_write_json
+from ..runtime import atomic_write_json, chmod_tree
 
 PIPELINE_FOR = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline"}
 
@@ -27,6 +27,7 @@ def export_student(unet, sched, out: str | Path, card: dict) -> Path:
     # a text-conditioned student has no pixel-space pipeline class in diffusers: load unet/ and scheduler/
     # and condition it with the teacher's text encoder (named in dkdm_student.json)
     atomic_write_json(out / "dkdm_student.json", card)
+    chmod_tree(out)  # safetensors files come out 0600; a student is shared like any output
     return out
 
 

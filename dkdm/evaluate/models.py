@@ -7,6 +7,7 @@ from pathlib import Path
 from diffusers import UNet2DModel
 
 from ..errors import DkdmError
+from ..weights import check_finite, load_unet
 
 
 def load_student_unet(path: str, device="cpu") -> UNet2DModel:
@@ -14,7 +15,9 @@ def load_student_unet(path: str, device="cpu") -> UNet2DModel:
     p = Path(path)
     for cand in (p / "unet", p / "student" / "unet", p):
         if (cand / "config.json").is_file():
-            return UNet2DModel.from_pretrained(str(cand)).to(device).eval().requires_grad_(False)
+            unet = load_unet(UNet2DModel, cand)
+            check_finite(unet, f"student {cand}")
+            return unet.to(device).eval().requires_grad_(False)
     raise DkdmError(f"student {path!r} not found: expected a folder with unet/config.json (as written by `dkdm distill`)")
 
 
