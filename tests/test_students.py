@@ -218,3 +218,16 @@ def test_scan_on_a_text_conditioned_teacher(tmp_path):
     assert set(res["ranked"]) == {"mid", "mid.attn", "stage.0.attn"}
     assert all(res["parts"][p]["params_ratio"] < 1 for p in res["ranked"])
     assert res["teacher_row"]["loss"] < 1e-3  # the teacher reproduces its own cached targets
+    # a blocks student of the text-conditioned teacher distils from its cache with feature KD (prompt rows passed on)
+    distill(_dcfg(tmp_path, teacher=str(teacher), cache=str(tmp_path / "c"), student_kind="blocks", student_remove=["mid"],
+                  feature_kd=1.0, batch_size=4), progress=False)
+    unet = load_student_unet(str(tmp_path / "run"))
+    assert type(unet).__name__ == "UNet2DConditionModel" and unet.config.mid_block_type is None
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("students", "scan", "--cache", tmp_path / "nowhere", "--teacher", "builtin:digits")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().startswith("error:")
+    assert len(r.stderr.strip().splitlines()) == 1
