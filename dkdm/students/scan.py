@@ -47,20 +47,31 @@ def eps_loss(model, batches, channels: int) -> float:
 
 
 @torch.no_grad()
-def cost(model, batch, repeats: int) -> dict:
-    """Params, FLOPs of one forward on one record, median forward latency on the batch."""
+def cost(model, batch) -> dict:
+    """Params and FLOPs of one forward on one record (torch.utils.flop_counter)."""
     x, t, _, c = batch
     with FlopCounterMode(display=False) as fc:
         model_call(model, x[:1], t[:1], None if c is None else c[:1])
-    times = []
-    for i in range(repeats + 1):
+    return {"params": count_params(model), "flops": int(fc.get_total_flops())}
+
+
+@torch.no_grad()
+def latency_ratio(model, teacher, batch, repeats: int) -> dict:
+    """Forward time on the batch relative to the teacher's, the two timed back to back in each round (median of the
+    per-round ratios), so load from other processes hits both alike."""
+    x, t, _, c = batch
+
+    def once(m) -> float:
         t0 = time.perf_counter()
-        model_call(model, x, t, c)
+        model_call(m, x, t, c)
         if x.is_cuda:
             torch.cuda.synchronize()
-        if i:  # the first call warms up
-            times.append(time.perf_counter() - t0)
-    return {"params": count_params(model), "flops": int(fc.get_total_flops()), "latency_ms": 1000 * statistics.median(times)}
+        return time.perf_counter() - t0
+
+    once(model), once(teacher)  # warm-up
+    rounds = [(once(model), once(teacher)) for _ in range(repeats)]
+    return {"latency_ms": 1000 * statistics.median(s for s, _ in rounds),
+            "latency_ms_ratio": statistics.median(s / max(tt, 1e-9) for s, tt in rounds)}
 
 
 def scan(teacher: str, cache: str, out: str | Path, records: int = 1024, batch_size: int = 256, repeats: int = 5,
@@ -83,14 +94,15 @@ def scan(teacher: str, cache: str, out: str | Path, records: int = 1024, batch_s
     parts = removable_parts(cfg)
     if not parts:
         raise DkdmError(f"teacher {teacher} has no part a blocks student can remove")
-    base = {"loss": eps_loss(unet, batches, channels), **cost(unet, batches[0], repeats)}
+    base = {"loss": eps_loss(unet, batches, channels), **cost(unet, batches[0])}
 
     def measure(names) -> dict:
         student, removal = build_blocks_student(unet, names)
         student = student.to(dev).eval()
-        row = {"removed": removal["removed"], "loss": eps_loss(student, batches, channels), **cost(student, batches[0], repeats)}
+        row = {"removed": removal["removed"], "loss": eps_loss(student, batches, channels), **cost(student, batches[0]),
+               **latency_ratio(student, unet, batches[0], repeats)}
         row["loss_increase"] = row["loss"] - base["loss"]
-        for k in ("params", "flops", "latency_ms"):
+        for k in ("params", "flops"):
             row[f"{k}_ratio"] = row[k] / base[k]
         return row
 
@@ -135,7 +147,7 @@ def pick(ranked: list[str], measure, budget_params: float | None, budget_flops: 
         chosen, row = trial, measure(trial)
         if (budget_params is None or row["params_ratio"] <= budget_params) and \
                 (budget_flops is None or row["flops_ratio"] <= budget_flops):
-            return {"params": budget_params, "flops": budget_flops, **row}
+            return {"budget_params": budget_params, "budget_flops": budget_flops, **row}
     got = f"params {row['params_ratio']:.2f}, FLOPs {row['flops_ratio']:.2f}" if row else "nothing removable"
     raise DkdmError(f"removing every part leaves {got} of the teacher; the budget (params {budget_params}, FLOPs "
                     f"{budget_flops}) needs a narrow or transformer student")
@@ -182,7 +194,7 @@ def markdown(res: dict) -> str:
     b = res["teacher_row"]
     lines = [f"# Layer scan of {res['teacher']} on {res['records']} cached records ({res['cache_id']})", "",
              f"Teacher: eps-MSE vs cached target {b['loss']:.5f}, {b['params']:,} params, {b['flops'] / 1e6:.1f} MFLOPs/record, "
-             f"forward {b['latency_ms']:.1f} ms per batch of {min(res['records'], 256)}.", "",
+             f"latency: forward on one batch, relative to the teacher timed back to back (median of rounds).", "",
              "| removed | eps-MSE increase | params | FLOPs | latency |", "|---|---:|---:|---:|---:|"]
     for name, r in [*res["parts"].items(), *res["presets"].items()]:
         label = name if name in res["parts"] else f"{name} ({', '.join(r['removed'])})"
@@ -190,7 +202,7 @@ def markdown(res: dict) -> str:
                      f"{r['latency_ms_ratio']:.2f} |")
     if "budget" in res:
         r = res["budget"]
-        lines += ["", f"Budget (params {r['params']}, FLOPs {r['flops']}): remove {', '.join(r['removed'])} -> "
+        lines += ["", f"Budget (params {r['budget_params']}, FLOPs {r['budget_flops']}): remove {', '.join(r['removed'])} -> "
                       f"params {r['params_ratio']:.2f}, FLOPs {r['flops_ratio']:.2f}, eps-MSE increase {r['loss_increase']:.5f}; "
                       f"recipe `{r['recipe']}`."]
     return "\n".join(lines) + "\n"
