@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..students.call import model_call
-from .losses import eps_mse, feature_mse, kl_learned_variance
+from .losses import eps_mse, feature_terms, kl_learned_variance
 
 
 @dataclass
@@ -43,9 +43,12 @@ class StudentTrainer:
             loss = loss + self.kl_weight * kl
             parts["kl"] = kl.detach()
         if self.feature_kd > 0 and b.teacher_feats is not None:
-            fk = feature_mse(self.tap.take(b.live_rows), b.teacher_feats)
+            terms = feature_terms(self.tap.take(b.live_rows), b.teacher_feats)
+            fk = sum(terms)
             loss = loss + self.feature_kd * fk
             parts["feature_kd"] = fk.detach()
+            # each block's term apart (TensorBoard; the CSV keeps the sum)
+            parts.update({f"feature_kd/{n}": v.detach() for n, v in zip(getattr(self.tap, "names", ()), terms)})
         return loss, parts
 
     def step(self, micro_batches) -> tuple[float, dict]:
