@@ -1,5 +1,7 @@
-"""Table + curves comparing student kinds (narrow vs blocks with inherited weights vs transformer) from one evaluate
-report and the runs' distill logs: `python -m dkdm.bench.students RUNS_DIR OUT_PREFIX` (docs/students.md)."""
+"""Table + curves comparing student kinds (narrow vs blocks with inherited weights vs transformer) from evaluate
+reports and the runs' distill logs: `python -m dkdm.bench.students RUNS_DIR OUT_PREFIX EVAL_DIR...` (docs/students.md).
+Several reports may share the work (same teacher, seeds and sampler, so FID/KID agree); each student's speed-up is
+taken against the teacher timed in its own report."""
 
 from __future__ import annotations
 
@@ -21,14 +23,17 @@ def first_step_at(log: list[dict], level: float, window: int = 5) -> int | None:
     return None
 
 
-def collect(runs: Path) -> dict:
-    report = json.loads((runs / "eval" / "report.json").read_text())
+def collect(runs: Path, evals: list[str]) -> dict:
+    reports = [json.loads((runs / e / "report.json").read_text()) for e in evals]
+    report = reports[0]
     rows = {}
-    for name, r in report["students"].items():
+    for rep, name, r in [(rep, n, r) for rep in reports for n, r in rep["students"].items()]:
         card = json.loads((runs / name / "student" / "dkdm_student.json").read_text())
         log = _log(runs / name / "distill_log.csv")
         rows[name] = {"student": card.get("student", {}), "summary": card["summary"], "log": log,
-                      "feature_kd": card["config"]["feature_kd"], **{k: r[k] for k in (
+                      "feature_kd": card["config"]["feature_kd"], "report": rep["date"],
+                      "speedup": r["images_per_s"] / rep["teacher"]["images_per_s"],
+                      "teacher_fid_in_report": rep["teacher"]["fid"], **{k: r[k] for k in (
                           "fid", "kid", "fid_vs_teacher", "params", "flops_per_image", "images_per_s", "paired")}}
     final = {n: sum(r["eps_mse"] for r in row["log"][-5:]) / len(row["log"][-5:]) for n, row in rows.items()}
     if "narrow" in rows:
@@ -52,7 +57,7 @@ def render(data: dict, png: str) -> str:
         kind = ", ".join(s.get("removed", [])) if s.get("kind") == "blocks" else s.get("kind", "narrow")
         reach = r.get("steps_to_narrow_final_eps_mse")
         lines.append(f"| {n} | {kind} | {r['feature_kd']:g} | {r['params']:,} | {r['flops_per_image'] / 1e9:.2f} | "
-                     f"{r['images_per_s']:.1f} | {r['images_per_s'] / t['images_per_s']:.2f}x | {r['fid']:.2f} | "
+                     f"{r['images_per_s']:.1f} | {r['speedup']:.2f}x | {r['fid']:.2f} | "
                      f"{r['kid']:.3f} | {r['fid_vs_teacher']:.2f} | {r['paired']['pixel_rmse']['median']:.3f} | "
                      f"{r['final_eps_mse']:.4f} | {'not reached' if reach is None else reach} |")
     return "\n".join(lines) + f"\n\n![eps-MSE curves and FID]({png})\n"
@@ -76,11 +81,9 @@ def plot(data: dict, path: Path) -> None:
     a.set_title("loss curves: inherited weights vs random init")
     a.legend(fontsize=8)
     names = list(rows)
-    b.scatter([rows[n]["images_per_s"] / data["report"]["teacher"]["images_per_s"] for n in names],
-              [rows[n]["fid"] for n in names])
+    b.scatter([rows[n]["speedup"] for n in names], [rows[n]["fid"] for n in names])
     for n in names:
-        b.annotate(f"{n} ({rows[n]['params'] / 1e3:.0f}k)", (rows[n]["images_per_s"] / data["report"]["teacher"]["images_per_s"],
-                                                              rows[n]["fid"]), fontsize=8)
+        b.annotate(f"{n} ({rows[n]['params'] / 1e3:.0f}k)", (rows[n]["speedup"], rows[n]["fid"]), fontsize=8)
     b.axhline(data["report"]["teacher"]["fid"], color="k", ls="--", label="teacher FID")
     b.set_xlabel("speed-up over the teacher (images/s ratio)")
     b.set_ylabel("FID (digits features) ↓")
@@ -93,8 +96,8 @@ def plot(data: dict, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def main(runs: str, prefix: str) -> None:
-    data = collect(Path(runs))
+def main(runs: str, prefix: str, *evals: str) -> None:
+    data = collect(Path(runs), list(evals) or ["eval"])
     png = Path(prefix + ".png")
     plot(data, png)
     atomic_write_json(prefix + ".json", {"report_date": data["report"]["date"], "rows": {
@@ -105,4 +108,4 @@ def main(runs: str, prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])

@@ -193,7 +193,7 @@ def write_recipe(path: Path, teacher: str, cache: str, removed: list[str], base_
 def markdown(res: dict) -> str:
     b = res["teacher_row"]
     lines = [f"# Layer scan of {res['teacher']} on {res['records']} cached records ({res['cache_id']})", "",
-             f"Teacher: eps-MSE vs cached target {b['loss']:.5f}, {b['params']:,} params, {b['flops'] / 1e6:.1f} MFLOPs/record, "
+             f"Teacher: eps-MSE vs cached target {b['loss']:.2e} (fp16 records), {b['params']:,} params, {b['flops'] / 1e6:.1f} MFLOPs/record, "
              f"latency: forward on one batch, relative to the teacher timed back to back (median of rounds).", "",
              "| removed | eps-MSE increase | params | FLOPs | latency |", "|---|---:|---:|---:|---:|"]
     for name, r in [*res["parts"].items(), *res["presets"].items()]:
@@ -202,7 +202,7 @@ def markdown(res: dict) -> str:
                      f"{r['latency_ms_ratio']:.2f} |")
     if "budget" in res:
         r = res["budget"]
-        lines += ["", f"Budget (params {r['budget_params']}, FLOPs {r['budget_flops']}): remove {', '.join(r['removed'])} -> "
+        lines += ["", f"Budget (params {r['budget_params'] or '-'}, FLOPs {r['budget_flops'] or '-'}): remove {', '.join(r['removed'])} -> "
                       f"params {r['params_ratio']:.2f}, FLOPs {r['flops_ratio']:.2f}, eps-MSE increase {r['loss_increase']:.5f}; "
                       f"recipe `{r['recipe']}`."]
     return "\n".join(lines) + "\n"
@@ -221,7 +221,7 @@ def plot(res: dict, path: Path) -> None:
     ax.barh(range(len(names)), [r["loss_increase"] for r in rows], color=colors)
     ax.set_yticks(range(len(names)), [f"{n}  (params {r['params_ratio']:.2f})" for n, r in zip(names, rows)])
     ax.invert_yaxis()
-    ax.set_xlabel("eps-MSE increase on cached records (removed alone, weights inherited, no training)")
+    ax.set_xlabel("eps-MSE increase on cached records\n(part removed alone, other weights inherited, no training)")
     ax.set_title(f"layer scan: {res['teacher']} (blue: parts, orange: presets)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
