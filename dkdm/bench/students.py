@@ -75,6 +75,8 @@ def plot(data: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
     for n, r in rows.items():
         a.plot([x["step"] for x in r["log"]], [x["eps_mse"] for x in r["log"]], label=n, lw=1.2)
+    if "narrow" in rows:
+        a.axhline(rows["narrow"]["final_eps_mse"], color="gray", ls=":", lw=1, label="narrow's final eps-MSE")
     a.set_yscale("log")
     a.set_xlabel("distill step (batch 64)")
     a.set_ylabel("eps-MSE vs teacher target (training batches)")
