@@ -221,10 +221,21 @@ def evaluate(
 @app.command()
 @friendly
 def demo(out: str = typer.Option("runs/demo", help="Folder for cache/, student/, report.json."),
-         recipe: str = typer.Option("digits", help=RECIPE_HELP), quiet: bool = typer.Option(False)):
+         recipe: str = typer.Option("digits", help=RECIPE_HELP), quiet: bool = typer.Option(False),
+         teacher: Optional[str] = typer.Option(None, help="builtin:digits (default) | builtin:digits-t2i (text-to-image)")):
     """generate -> distill -> evaluate on the embedded digits teacher, offline, in minutes on a CPU."""
+    from .commands.t2i import T2I_RECIPES, run_t2i_demo
     from .demo import run_demo
 
+    if teacher in T2I_RECIPES:
+        report = run_t2i_demo(out, T2I_RECIPES[teacher] if recipe == "digits" else recipe, progress=not quiet, log=typer.echo)
+        from .evaluate.t2i import render
+
+        typer.echo(render(report))
+        typer.echo(f"done in {report['demo']['timings']['total_s']:.0f}s; report: {out}/report.json, {out}/report.md")
+        return
+    if teacher not in (None, "builtin:digits"):
+        raise DkdmError(f"dkdm demo runs builtin:digits or {', '.join(T2I_RECIPES)}, not {teacher!r}")
     report = run_demo(out, recipe, progress=not quiet, log=typer.echo)
     print_table(report)
     t = report["demo"]["timings"]
@@ -355,8 +366,13 @@ def bench_cache(
     typer.echo(markdown(res))
 
 
+from .commands import serve as _serve  # noqa: E402
+from .commands import t2i as _t2i  # noqa: E402
 from .commands.students import students_app  # noqa: E402  (issue 11)
 
+_t2i.register(app, friendly)
+app.command("serve")(friendly(_serve.serve))
+bench_app.command("serve")(friendly(_serve.bench_serve))
 app.add_typer(students_app, name="students")
 
 

@@ -16,12 +16,14 @@ from .cache.manifest import SHARD_DIR, make_identity, read_manifest, read_sideca
 from .cache.store import Store
 from .config import GenerateConfig
 from .errors import DkdmError
+from .latent import PairedGuidance
 from .progress import progress_bar
 from .runtime import pick_device, positive
 from .sampling import SEED_RULE, sample, trajectory_seed
 from .schedulers import make_scheduler, stable_scheduler
 from .teacher import load_teacher
 
+PAIRED_TARGETS = "eps, unguided: per step one record for the prompt's row and one for the \"\" row"
 
 
 def parse_keep(spec: str, steps: int) -> list[int]:
@@ -109,11 +111,15 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
               "target_kind": ("guided eps" if cond and cond.guidance_scale != 1.0 else "eps")
               + ("+variance" if teacher.learned_variance else ""),
               "x_t_is": "model input (after scale_model_input)"}
+    per_step = 1
+    if cond is not None and cond.uncond_row is not None:  # latent teachers: see dkdm.latent.PairedGuidance
+        record["target_kind"], per_step = PAIRED_TARGETS, 2
     layout = {"backend": "zarr" if cfg.format == "zarr" else "wds", "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT}
     if cfg.format == "wds-gz":
         layout["compression"] = "gzip"
     if cfg.format == "zarr":
-        layout.update(records_per_shard=cfg.shard_size * len(kept), records_total=cfg.trajectories * len(kept))
+        layout.update(records_per_shard=cfg.shard_size * len(kept) * per_step,
+                      records_total=cfg.trajectories * len(kept) * per_step)
     identity = make_identity(teacher, sched, sampler=sampler, record=record, layout=layout)
     if cond:
         identity["embeddings"] = cond.describe()
@@ -177,7 +183,9 @@ def conditioning(teacher, cfg: GenerateConfig) -> Conditioning | None:
         if cfg.prompts:
             raise DkdmError(f"teacher {cfg.teacher} is unconditional; drop --prompts")
         return None
-    return Conditioning(teacher, read_prompts(cfg.prompts), cfg.guidance_scale)
+    # a latent teacher's student is exported as a pipeline that applies guidance itself: cache unguided outputs
+    paired = teacher.latent and cfg.guidance_scale != 1.0
+    return Conditioning(teacher, read_prompts(cfg.prompts), cfg.guidance_scale, uncond_row=paired)
 
 
 def _prepare(store: Store, identity: dict, cond: Conditioning | None) -> None:
@@ -209,10 +217,13 @@ def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: s
     out: list[rec.RecordBatch] = []
     n = len(trajs)
     rows = np.array([cond.row_of(int(j)) for j in trajs], np.int64) if cond else np.full(n, -1, np.int64)
-    model = cond.model(teacher, rows, device) if cond else teacher
+    paired = PairedGuidance(cond, teacher, rows, device) if cond and cond.uncond_row is not None else None
+    model = paired or (cond.model(teacher, rows, device) if cond else teacher)
 
     def record(i, t, inp, model_out):
-        if i in kept:
+        if i in kept and paired is not None:
+            out.append(paired.records(rec, inp, cfg.dtype, t, i, trajs, rows))
+        elif i in kept:
             out.append(rec.RecordBatch(
                 x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
                 t=np.full(n, t, np.int64), traj=trajs, step=np.full(n, i, np.int64), cond=rows))

@@ -37,8 +37,9 @@ def initial_noise(seeds, shape: tuple[int, int, int], device="cpu") -> tuple[tor
 
 
 @torch.no_grad()
-def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu", callback: StepCallback | None = None) -> torch.Tensor:
-    """Walk `sched.timesteps` from seeded noise; returns images in [-1, 1] (float32, on `device`)."""
+def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu", callback: StepCallback | None = None,
+           clamp: bool = True) -> torch.Tensor:
+    """Walk `sched.timesteps` from seeded noise; returns images in [-1, 1] (float32, on `device`); latents unclamped."""
     x, gens = initial_noise(seeds, shape, device)
     sched.set_timesteps(sched.num_inference_steps)  # multistep/Euler schedulers keep state: restart it
     x = x * sched.init_noise_sigma
@@ -48,7 +49,7 @@ def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu",
         if callback is not None:
             callback(i, int(t), inp, out)
         x = schedulers.step(sched, out, t, x, eta=eta, generator=gens if eta > 0 or _needs_noise(sched) else None)
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if clamp else x
 
 
 def _needs_noise(sched) -> bool:

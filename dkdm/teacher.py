@@ -15,7 +15,7 @@ from diffusers import UNet2DModel
 from .errors import DkdmError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-BUILTINS = {"digits": BUILTIN_DIR / "digits-teacher"}
+BUILTINS = {"digits": BUILTIN_DIR / "digits-teacher", "digits-t2i": BUILTIN_DIR / "digits-t2i"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -27,6 +27,11 @@ class Teacher:
     fingerprint: str
     text_encoder: torch.nn.Module | None = None  # conditional teachers: e.g. CLIPTextModel
     tokenizer: object | None = None
+    vae: torch.nn.Module | None = None  # latent teachers (Stable Diffusion layout): the U-Net walks VAE latents
+
+    @property
+    def latent(self) -> bool:
+        return self.vae is not None
 
     @property
     def conditional(self) -> bool:
@@ -79,6 +84,10 @@ class Teacher:
         if self.conditional:
             d["text_encoder"] = {"class": type(self.text_encoder).__name__, "config": self.text_encoder.config.to_dict()}
             d["tokenizer"] = {"class": type(self.tokenizer).__name__, "model_max_length": self.tokenizer.model_max_length}
+        if self.latent:
+            from .latent import vae_info
+
+            d["vae"] = vae_info(self.vae)
         return d
 
 
@@ -169,18 +178,25 @@ def resolve_source(source: str) -> str:
 def load_teacher(source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Teacher:
     where = resolve_source(source)
     unet, sched_cfg = _load_from(where)
-    encoder = tokenizer = None
+    encoder = tokenizer = vae = None
     if type(unet).__name__ == "UNet2DConditionModel":
         if not (Path(where) / "text_encoder").is_dir() or not (Path(where) / "tokenizer").is_dir():
             raise DkdmError(f"conditional teacher {source} needs text_encoder/ and tokenizer/ folders next to unet/")
         encoder, tokenizer = load_text_parts(Path(where))
-        # one id over both networks: a different text encoder makes different records
-        fp = fingerprint(torch.nn.ModuleDict({"unet": unet, "text_encoder": encoder}))
+        parts = {"unet": unet, "text_encoder": encoder}
+        if (Path(where) / "vae").is_dir():  # a latent teacher: records mean something only through its VAE
+            from .latent import load_vae
+
+            vae = parts["vae"] = load_vae(Path(where))
+        # one id over all networks: a different text encoder makes different records, another VAE other images
+        fp = fingerprint(torch.nn.ModuleDict(parts))
         encoder = encoder.to(device).eval().requires_grad_(False)
+        if vae is not None:
+            vae = vae.to(device).eval().requires_grad_(False)
     else:
         fp = fingerprint(unet)
     unet = unet.to(device)
     if dtype != torch.float32:
         unet = unet.to(dtype=dtype)
     unet = unet.eval().requires_grad_(False)
-    return Teacher(unet=unet, scheduler_config=sched_cfg, source=source, fingerprint=fp, text_encoder=encoder, tokenizer=tokenizer)
+    return Teacher(unet=unet, scheduler_config=sched_cfg, source=source, fingerprint=fp, text_encoder=encoder, tokenizer=tokenizer, vae=vae)

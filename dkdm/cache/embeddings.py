@@ -46,9 +46,12 @@ def content_sha256(emb: np.ndarray, mask: np.ndarray, uncond: np.ndarray, prompt
 class Conditioning:
     """Embeddings of the unique prompts (and of "" for classifier-free guidance), ready for the teacher."""
 
-    def __init__(self, teacher, prompts: list[str], guidance_scale: float):
+    def __init__(self, teacher, prompts: list[str], guidance_scale: float, uncond_row: bool = False):
         self.prompts = prompts
         self.unique, self.rows = unique_rows(prompts)
+        if uncond_row and "" not in self.unique:  # "" gets a row: records of the unconditional branch point at it
+            self.unique.append("")
+        self.uncond_row = self.unique.index("") if uncond_row else None
         emb, mask = teacher.encode_prompts(self.unique)
         uncond, _ = teacher.encode_prompts([""])
         self.emb, self.mask, self.uncond = emb, mask, uncond[0]

@@ -18,7 +18,10 @@ from .. import config as cfgmod
 from ..cache.embeddings import read_embeddings
 from ..cache.reader import CacheReader
 from ..config import DistillConfig
+from ..cache.manifest import read_manifest
+from ..cache.store import Store
 from ..errors import DkdmError
+from ..latent import check_vae, export_latent_student, is_latent_cache
 from ..progress import progress_bar
 from ..runtime import accelerator, atomic_write_json, positive
 from ..schedulers import make_scheduler
@@ -124,6 +127,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     needs_teacher = rows["live"] > 0 or bool(cfg.teacher)
     teacher = load_teacher(cfg.teacher, device) if needs_teacher and cfg.teacher else None
     reader = None
+    if cfg.cache and teacher is not None and teacher.latent:  # say "another VAE" before "another teacher"
+        check_vae(read_manifest(Store(cfg.cache)), teacher, cfg.cache)
     if cfg.cache and (rows["cache"] > 0 or cfg.pool_init == "cache" and rows["live"] > 0 or teacher is None):
         reader = CacheReader(cfg.cache, expect_fingerprint=teacher.fingerprint if teacher else None)
     if reader is not None and (rows["cache"] > 0 or teacher is None):
@@ -230,7 +235,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 if log is not None:
                     log.write(row)
             bar.update(1, loss=loss, rec_s=rate)
-            if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process:
+            if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process and not is_latent_cache(reader):
                 save_sample_grid(acc.unwrap_model(student), ema, sched, spec, out / "samples" / f"step-{done:08d}.png", device,
                                  cond=emb)
             if _any_rank(acc, stop.set):
@@ -264,7 +269,10 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 "student": student_info}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
         export_student(final, sched, out / "student", card)
-        save_sample_grid(final, None, sched, spec, out / "student_samples.png", device, cond=emb)
+        if is_latent_cache(reader):  # a full StableDiffusionPipeline folder, grid decoded through the VAE
+            export_latent_student(final, sched, reader, teacher, out, device)
+        else:
+            save_sample_grid(final, None, sched, spec, out / "student_samples.png", device, cond=emb)
     acc.wait_for_everyone()
     acc.end_training()
     return summary
