@@ -174,6 +174,9 @@ def distill(
     export_ema: Optional[bool] = typer.Option(None, "--export-ema/--export-raw", help="Export EMA (default) or raw weights."),
     tracker: Optional[str] = typer.Option(None, help="tensorboard | none"),
     on_bad_shard: Optional[str] = typer.Option(None, help="stop (default) | skip: a damaged cache shard stops the run, or is skipped with a warning."),
+    student: Optional[str] = typer.Option(None, help="narrow | blocks | transformer | a preset: bk-base, bk-small, "
+                                                      "bk-tiny, ssd, vega (docs/students.md)."),
+    remove: Optional[str] = typer.Option(None, help="blocks: parts to remove, e.g. mid,stage.1.attn (`dkdm students parts`)."),
     quiet: bool = typer.Option(False),
 ):
     """Train a smaller student on teacher outputs (DKDM), from a cache, a live teacher, or both."""
@@ -185,7 +188,8 @@ def distill(
                           device=device, sampler__steps=sampler_steps, real=real, real_ratio=real_ratio, pool_init=pool_init,
                           kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum,
                           checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
-                          sample_every=sample_every, export_ema=export_ema, tracker=tracker, on_bad_shard=on_bad_shard)
+                          sample_every=sample_every, export_ema=export_ema, tracker=tracker, on_bad_shard=on_bad_shard,
+                          student_kind=student, student_remove=_names(remove))
     res = run(cfg, progress=not quiet)
     typer.echo(f"student saved to {cfg.out}/student  final loss {res['final_loss']:.4f}  {res['records_per_s']:.0f} records/s")
 
@@ -394,10 +398,12 @@ def bench_cache(
 
 from .commands import serve as _serve  # noqa: E402
 from .commands import t2i as _t2i  # noqa: E402
+from .commands.students import students_app  # noqa: E402  (issue 11)
 
 _t2i.register(app, friendly)
 app.command("serve")(friendly(_serve.serve))
 bench_app.command("serve")(friendly(_serve.bench_serve))
+app.add_typer(students_app, name="students")
 
 
 def main():

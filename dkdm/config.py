@@ -31,6 +31,16 @@ class UNetSpec:
 
 
 @dataclass
+class TransformerSpec:
+    """A patch-transformer student (diffusers DiTTransformer2DModel); width = heads x head_dim."""
+
+    patch_size: int = 2
+    num_layers: int = 6
+    num_attention_heads: int = 4
+    attention_head_dim: int = 16
+
+
+@dataclass
 class SamplerConfig:
     """How a teacher walks its reverse process; it fixes which timesteps a student learns."""
 
@@ -111,6 +121,10 @@ class DistillConfig:
     export_ema: bool = True
     tracker: str = "auto"  # auto (TensorBoard when installed) | tensorboard | none
     on_bad_shard: str = "stop"  # stop | skip: a damaged or forged cache shard stops the run, or is skipped with a warning
+    # --- students made from the teacher (issue 11, docs/students.md) ---
+    student_kind: str = "narrow"  # narrow (the [student] spec, random init) | blocks (teacher minus parts) | transformer
+    student_remove: list[str] = field(default_factory=list)  # blocks: parts (mid, stage.1.attn, ...) and/or presets (bk-tiny)
+    transformer: TransformerSpec = field(default_factory=TransformerSpec)
 
 
 @dataclass

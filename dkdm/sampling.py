@@ -8,6 +8,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import schedulers
+from .students.call import model_call  # any student kind: UNet, conditional UNet, DiT
 
 # callback(step_index, timestep, model_input, model_output) — the hook a trajectory recorder needs
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -62,9 +63,7 @@ def unet_fn(unet, cond: torch.Tensor | None = None) -> Callable:
         dtype = next(unet.parameters()).dtype
         if not torch.is_tensor(t) or t.dim() == 0:
             t = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        if cond is not None:
-            return unet(x.to(dtype), t, encoder_hidden_states=cond.to(x.device, dtype)).sample.float()
-        return unet(x.to(dtype), t).sample.float()
+        return model_call(unet, x.to(dtype), t, None if cond is None else cond.to(x.device, dtype)).float()
 
     return f
 

@@ -14,7 +14,9 @@ PIPELINE_FOR = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline"
 
 def export_student(unet, sched, out: str | Path, card: dict) -> Path:
     out = Path(out)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
+    # a DiT student goes to transformer/ (diffusers' name for it); UNets to unet/
+    unet.save_pretrained(out / ("transformer" if type(unet).__name__ == "DiTTransformer2DModel" else "unet"),
+                         safe_serialization=True)
     sched.save_pretrained(out / "scheduler")
     cls = type(sched).__name__
     if type(unet).__name__ == "UNet2DModel":

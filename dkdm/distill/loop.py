@@ -26,12 +26,12 @@ from ..latent import check_vae, export_latent_student, is_latent_cache
 from ..progress import progress_bar
 from ..runtime import accelerator, atomic_write_json, positive
 from ..schedulers import make_scheduler
-from ..students import build_unet, count_params, student_spec_for
+from ..students import build_student, count_params, student_spec_for
 from ..teacher import load_teacher
 from ..weights import check_finite
 from . import checkpoint as ckpt
 from .export import export_student
-from .features import BlockTap, check_matching_blocks
+from .features import BlockTap, feature_pairs
 from .observe import CsvLog, save_sample_grid, start_trackers, use_tensorboard
 from .pool import TeacherPool
 from .real import RealNoised, load_real_images
@@ -86,8 +86,9 @@ def validate(cfg: DistillConfig) -> None:
                         f"{cfg.shuffle_buffer} is absurdly large; check the flags")
     if cfg.mixed_precision not in PRECISIONS:
         raise DkdmError(f"--mixed-precision must be one of {PRECISIONS}, got {cfg.mixed_precision!r}")
-    if cfg.feature_kd > 0 and (cfg.source != "live" or cfg.real_ratio >= 1):
-        raise DkdmError("--feature-kd needs the live teacher (--source live): it compares block outputs on the same inputs")
+    if cfg.feature_kd > 0 and (cfg.source == "both" or cfg.real_ratio >= 1 or not cfg.teacher):
+        raise DkdmError("--feature-kd needs --teacher and --source live or cache: the teacher's block outputs on the "
+                        "same inputs (one teacher forward per cached batch)")
 
 
 def row_split(cfg: DistillConfig) -> dict:
@@ -157,13 +158,13 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     noise_sched = diffusers.DDPMScheduler.from_config({k: v for k, v in base_sched_cfg.items() if not k.startswith("_")})
     spec = student_spec_for(teacher_cfg, cfg.student)
     emb = conditioning_table(reader, teacher, rows, device)
-    student = build_unet(spec)
+    student, student_info = build_student(cfg, spec, teacher.unet if teacher else None, teacher_cfg)
     channels = spec.in_channels
     student_tap = None
     if cfg.feature_kd > 0:
-        check_matching_blocks(teacher_cfg, dict(student.config))
-        student_tap = BlockTap(student)
-        teacher_tap = BlockTap(teacher.unet, detach=True)
+        pairs = feature_pairs(teacher_cfg, student, student_info)
+        student_tap = BlockTap(student, list(pairs))
+        teacher_tap = BlockTap(teacher.unet, list(pairs.values()), detach=True)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay)
@@ -207,6 +208,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     def next_batch() -> Batch:
         parts = [next(sources[k]) for k in ("cache", "live") if k in sources]
         cond = emb[parts[0][3]] if emb is not None else None  # conditional: the cache is the only source
+        if cfg.feature_kd > 0 and "cache" in sources:
+            teacher(parts[0][0], parts[0][1], cond)  # one forward on the cached x_t: the tap keeps its block outputs
         feats = teacher_tap.take() if cfg.feature_kd > 0 else None
         xs, ts, outs = [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts]
         c_out = min((o.shape[1] for o in outs), default=channels)
@@ -215,7 +218,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         if "real" in sources:
             xr, tr, nr = next(sources["real"])
             xs, ts, eps = xs + [xr], ts + [tr], eps + [nr]
-        live_rows = slice(rows["cache"], rows["cache"] + rows["live"])
+        live_rows = slice(0, rows["cache"]) if cfg.feature_kd > 0 and "cache" in sources else \
+            slice(rows["cache"], rows["cache"] + rows["live"])
         return Batch(torch.cat(xs), torch.cat(ts), torch.cat(eps), teacher_out, feats, live_rows, cond)
 
     def save_checkpoint(step: int) -> None:
@@ -285,7 +289,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         final.eval()
         card = {"teacher": teacher.describe() if teacher else reader.manifest["teacher"],
                 "cache_id": reader.manifest["cache_id"] if reader else None, "weights": "ema" if cfg.export_ema else "raw",
-                "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary}
+                "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary,
+                "student": student_info}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
         check_finite(final, "the trained student")
         export_student(final, sched, out / "student", card)
