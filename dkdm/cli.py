@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from typing import List, Optional
 
 import typer
 
 from . import config as cfgmod
-from .errors import DkdmError
+from .errors import DkdmError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Data-free knowledge distillation of diffusion models.")
@@ -23,21 +24,49 @@ RECIPE_HELP = "TOML recipe (path, or name in pipelines/); flags override it."
 COVERAGE_HELP = "Timesteps visited: offsets (grid shifted per trajectory: all T) | grid | full (DDPM, T steps)."
 
 
+def debugging() -> bool:
+    return os.environ.get("DKDM_DEBUG", "") not in ("", "0")
+
+
 def friendly(fn):
-    """Users see one line and a non-zero exit for errors they can fix, never a traceback."""
+    """Users see one line and a non-zero exit for errors they can fix, never a traceback (DKDM_DEBUG=1 or
+    --debug shows it). OS errors (a read-only --out, a full disk, a missing file) are the user's to fix too;
+    anything else is a bug of ours and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DkdmError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
+        except Interrupted as exc:
+            typer.secho(f"interrupted by signal {exc.signum}", err=True)
+            raise typer.Exit(128 + exc.signum)
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
             raise typer.Exit(130)
+        except (DkdmError, OSError, MemoryError) as exc:
+            if debugging():
+                raise
+            typer.secho(f"error: {one_line(exc)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
 
     return wrapper
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, DkdmError):
+        return " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return "out of memory; use smaller sizes (--batch-size, --trajectories)"
+    if isinstance(exc, OSError) and exc.filename is not None:  # PermissionError, FileNotFoundError, ENOSPC...
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also: DKDM_DEBUG=1).")):
+    """Data-free knowledge distillation of diffusion models."""
+    if debug:
+        os.environ["DKDM_DEBUG"] = "1"
 
 
 def _sampler(section, scheduler, steps, eta):
@@ -147,6 +176,10 @@ def distill(
     sample_every: Optional[int] = typer.Option(None, help="Sample grid PNG every N steps."),
     export_ema: Optional[bool] = typer.Option(None, "--export-ema/--export-raw", help="Export EMA (default) or raw weights."),
     tracker: Optional[str] = typer.Option(None, help="tensorboard | none"),
+    on_bad_shard: Optional[str] = typer.Option(None, help="stop (default) | skip: a damaged cache shard stops the run, or is skipped with a warning."),
+    student: Optional[str] = typer.Option(None, help="narrow | blocks | transformer | a preset: bk-base, bk-small, "
+                                                      "bk-tiny, ssd, vega (docs/students.md)."),
+    remove: Optional[str] = typer.Option(None, help="blocks: parts to remove, e.g. mid,stage.1.attn (`dkdm students parts`)."),
     quiet: bool = typer.Option(False),
 ):
     """Train a smaller student on teacher outputs (DKDM), from a cache, a live teacher, or both."""
@@ -158,7 +191,8 @@ def distill(
                           device=device, sampler__steps=sampler_steps, sampler__coverage=coverage, real=real, real_ratio=real_ratio, pool_init=pool_init,
                           kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum,
                           checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
-                          sample_every=sample_every, export_ema=export_ema, tracker=tracker)
+                          sample_every=sample_every, export_ema=export_ema, tracker=tracker, on_bad_shard=on_bad_shard,
+                          student_kind=student, student_remove=_names(remove))
     res = run(cfg, progress=not quiet)
     typer.echo(f"student saved to {cfg.out}/student  final loss {res['final_loss']:.4f}  {res['records_per_s']:.0f} records/s")
 
@@ -220,10 +254,21 @@ def evaluate(
 @app.command()
 @friendly
 def demo(out: str = typer.Option("runs/demo", help="Folder for cache/, student/, report.json."),
-         recipe: str = typer.Option("digits", help=RECIPE_HELP), quiet: bool = typer.Option(False)):
+         recipe: str = typer.Option("digits", help=RECIPE_HELP), quiet: bool = typer.Option(False),
+         teacher: Optional[str] = typer.Option(None, help="builtin:digits (default) | builtin:digits-t2i (text-to-image)")):
     """generate -> distill -> evaluate on the embedded digits teacher, offline, in minutes on a CPU."""
+    from .commands.t2i import T2I_RECIPES, run_t2i_demo
     from .demo import run_demo
 
+    if teacher in T2I_RECIPES:
+        report = run_t2i_demo(out, T2I_RECIPES[teacher] if recipe == "digits" else recipe, progress=not quiet, log=typer.echo)
+        from .evaluate.t2i import render
+
+        typer.echo(render(report))
+        typer.echo(f"done in {report['demo']['timings']['total_s']:.0f}s; report: {out}/report.json, {out}/report.md")
+        return
+    if teacher not in (None, "builtin:digits"):
+        raise DkdmError(f"dkdm demo runs builtin:digits or {', '.join(T2I_RECIPES)}, not {teacher!r}")
     report = run_demo(out, recipe, progress=not quiet, log=typer.echo)
     print_table(report)
     t = report["demo"]["timings"]
@@ -357,6 +402,16 @@ def bench_cache(
     if out:
         atomic_write_json(out, res)
     typer.echo(markdown(res))
+
+
+from .commands import serve as _serve  # noqa: E402
+from .commands import t2i as _t2i  # noqa: E402
+from .commands.students import students_app  # noqa: E402  (issue 11)
+
+_t2i.register(app, friendly)
+app.command("serve")(friendly(_serve.serve))
+bench_app.command("serve")(friendly(_serve.bench_serve))
+app.add_typer(students_app, name="students")
 
 
 def main():

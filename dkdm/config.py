@@ -31,6 +31,16 @@ class UNetSpec:
 
 
 @dataclass
+class TransformerSpec:
+    """A patch-transformer student (diffusers DiTTransformer2DModel); width = heads x head_dim."""
+
+    patch_size: int = 2
+    num_layers: int = 6
+    num_attention_heads: int = 4
+    attention_head_dim: int = 16
+
+
+@dataclass
 class SamplerConfig:
     """How a teacher walks its reverse process; it fixes which timesteps a student learns."""
 
@@ -113,6 +123,11 @@ class DistillConfig:
     sample_every: int = 0  # sample grid PNG from fixed seeds every N steps (0 = only at the end)
     export_ema: bool = True
     tracker: str = "auto"  # auto (TensorBoard when installed) | tensorboard | none
+    on_bad_shard: str = "stop"  # stop | skip: a damaged or forged cache shard stops the run, or is skipped with a warning
+    # --- students made from the teacher (issue 11, docs/students.md) ---
+    student_kind: str = "narrow"  # narrow (the [student] spec, random init) | blocks (teacher minus parts) | transformer
+    student_remove: list[str] = field(default_factory=list)  # blocks: parts (mid, stage.1.attn, ...) and/or presets (bk-tiny)
+    transformer: TransformerSpec = field(default_factory=TransformerSpec)
 
 
 @dataclass
@@ -191,7 +206,9 @@ def load_recipe(recipe: str | Path | None) -> Recipe:
         return Recipe()
     path = resolve_recipe_path(recipe)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DkdmError(f"recipe {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise DkdmError(f"recipe {path} is not valid TOML: {exc}") from exc
     return from_dict(Recipe, data)

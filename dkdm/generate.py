@@ -15,7 +15,9 @@ from .cache.embeddings import Conditioning, read_prompts
 from .cache.manifest import SHARD_DIR, make_identity, read_manifest, read_sidecars, seal, shard_name, write_manifest
 from .cache.store import Store
 from .config import GenerateConfig
-from .errors import DkdmError
+from .cache.limits import check
+from .errors import DkdmError, NonFiniteError
+from .latent import PairedGuidance
 from .progress import progress_bar
 from .runtime import pick_device, positive
 from .sampling import SEED_RULE, sample, trajectory_seed
@@ -23,6 +25,7 @@ from . import coverage
 from .schedulers import clipped_eps, make_scheduler, stable_scheduler
 from .teacher import load_teacher
 
+PAIRED_TARGETS = "eps, unguided: per step one record for the prompt's row and one for the \"\" row"
 
 
 def parse_keep(spec: str, steps: int) -> list[int]:
@@ -52,6 +55,16 @@ def validate(cfg: GenerateConfig) -> None:
     for name in ("trajectories", "shard_size", "batch_size"):
         positive(name, getattr(cfg, name))
     positive("steps", cfg.sampler.steps)
+    check("steps", cfg.sampler.steps, "--steps")
+    check("shard_records", cfg.shard_size, "--shard-size")
+    check("shards", math.ceil(cfg.trajectories / cfg.shard_size), "shards (--trajectories / --shard-size)")
+    check("records", cfg.trajectories * cfg.sampler.steps, "records (--trajectories x --steps)")
+    if cfg.batch_size > 1 << 16:
+        raise DkdmError(f"--batch-size {cfg.batch_size} is absurd for a teacher walk; use at most {1 << 16}")
+    if not (math.isfinite(cfg.sampler.eta) and 0 <= cfg.sampler.eta <= 1):
+        raise DkdmError(f"--eta must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {cfg.sampler.eta}")
+    if not math.isfinite(cfg.guidance_scale):
+        raise DkdmError(f"--guidance-scale must be finite, got {cfg.guidance_scale}")
     if cfg.format not in backend.FORMATS:
         raise DkdmError(f"unknown cache format {cfg.format!r}; choose one of {', '.join(backend.FORMATS)}")
     if cfg.guidance_scale < 1.0:
@@ -116,11 +129,15 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
               "target_kind": ("guided eps" if cond and cond.guidance_scale != 1.0 else "eps")
               + ("+variance" if teacher.learned_variance else ""),
               "x_t_is": "model input (after scale_model_input)"}
+    per_step = 1
+    if cond is not None and cond.uncond_row is not None:  # latent teachers: see dkdm.latent.PairedGuidance
+        record["target_kind"], per_step = PAIRED_TARGETS, 2
     layout = {"backend": "zarr" if cfg.format == "zarr" else "wds", "shard_size": cfg.shard_size, "key": rec.KEY_FORMAT}
     if cfg.format == "wds-gz":
         layout["compression"] = "gzip"
     if cfg.format == "zarr":
-        layout.update(records_per_shard=cfg.shard_size * len(kept), records_total=cfg.trajectories * len(kept))
+        layout.update(records_per_shard=cfg.shard_size * len(kept) * per_step,
+                      records_total=cfg.trajectories * len(kept) * per_step)
     identity = make_identity(teacher, sched, sampler=sampler, record=record, layout=layout)
     if cond:
         identity["embeddings"] = cond.describe()
@@ -135,7 +152,7 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     cid = identity["cache_id"]
     n_shards = math.ceil(cfg.trajectories / cfg.shard_size)
     mine = [g for g in range(n_shards) if g % world == rank]
-    sidecars = {s["index"]: s for s in read_sidecars(store)}
+    sidecars = {s["index"]: s for s in read_sidecars(store, identity)}
     todo = [g for g in mine if not shard_is_complete(store, sidecars, g, _range(g, cfg), cid)]
     skipped = len(mine) - len(todo)
     kept_set = set(kept)
@@ -185,7 +202,9 @@ def conditioning(teacher, cfg: GenerateConfig) -> Conditioning | None:
         if cfg.prompts:
             raise DkdmError(f"teacher {cfg.teacher} is unconditional; drop --prompts")
         return None
-    return Conditioning(teacher, read_prompts(cfg.prompts), cfg.guidance_scale)
+    # a latent teacher's student is exported as a pipeline that applies guidance itself: cache unguided outputs
+    paired = teacher.latent and cfg.guidance_scale != 1.0
+    return Conditioning(teacher, read_prompts(cfg.prompts), cfg.guidance_scale, uncond_row=paired)
 
 
 def _prepare(store: Store, identity: dict, cond: Conditioning | None) -> None:
@@ -217,10 +236,17 @@ def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: s
     out: list[rec.RecordBatch] = []
     n = len(trajs)
     rows = np.array([cond.row_of(int(j)) for j in trajs], np.int64) if cond else np.full(n, -1, np.int64)
-    model = cond.model(teacher, rows, device) if cond else teacher
+    paired = PairedGuidance(cond, teacher, rows, device) if cond and cond.uncond_row is not None else None
+    model = paired or (cond.model(teacher, rows, device) if cond else teacher)
 
     def record(i, t, inp, model_out):
-        if i in kept:
+        if not (torch.isfinite(inp).all() and torch.isfinite(model_out).all()):
+            raise NonFiniteError(f"the teacher walk produced NaN/Inf at step {i} (t={t}) for trajectories "
+                                 f"{int(trajs[0])}..{int(trajs[-1])}; nothing was written for this shard. Check the "
+                                 "teacher's weights and the sampler settings (--eta, --guidance-scale, --dtype)")
+        if i in kept and paired is not None:
+            out.append(paired.records(rec, inp, cfg.dtype, t, i, trajs, rows))
+        elif i in kept:
             out.append(rec.RecordBatch(
                 x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
                 t=np.broadcast_to(np.asarray(t, np.int64), (n,)).copy(), traj=trajs, step=np.full(n, i, np.int64), cond=rows))

@@ -29,6 +29,18 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def chmod_default(path: str | Path, executable: bool = False) -> None:
+    """The mode a plain open() would have given under the user's umask (mkstemp and some writers use 0600)."""
+    os.chmod(path, (0o777 if executable else 0o666) & ~_UMASK)
+
+
+def chmod_tree(root: str | Path) -> None:
+    """chmod_default over a folder written by a library that makes 0600 files (checkpoints, exports)."""
+    for p in Path(root).rglob("*"):
+        if not p.is_symlink():
+            chmod_default(p, executable=p.is_dir())
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via temp file + rename so readers never see half a file."""
     path = Path(path)
@@ -39,7 +51,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        chmod_default(tmp)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import schedulers
+from .students.call import model_call  # any student kind: UNet, conditional UNet, DiT
 
 # callback(step_index, timestep, model_input, model_output) — the hook a trajectory recorder needs
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -37,8 +38,8 @@ def initial_noise(seeds, shape: tuple[int, int, int], device="cpu") -> tuple[tor
 
 @torch.no_grad()
 def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu", callback: StepCallback | None = None,
-           shift: torch.Tensor | None = None, guided_ddim: bool = False) -> torch.Tensor:
-    """Walk `sched.timesteps` from seeded noise; returns images in [-1, 1] (float32, on `device`).
+           shift: torch.Tensor | None = None, guided_ddim: bool = False, clamp: bool = True) -> torch.Tensor:
+    """Walk `sched.timesteps` from seeded noise; returns images in [-1, 1] (float32, on `device`); latents unclamped.
 
     `shift` (one int per sample) walks sample i along the grid moved by shift[i] (timestep coverage
     'offsets'); the callback then gets the (n,) tensor of timesteps instead of one int."""
@@ -60,7 +61,7 @@ def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu",
         if callback is not None:
             callback(i, int(t), inp, out)
         x = schedulers.step(sched, out, t, x, eta=eta, generator=noise, guided_ddim=guided_ddim)
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if clamp else x
 
 
 def _needs_noise(sched) -> bool:
@@ -74,9 +75,7 @@ def unet_fn(unet, cond: torch.Tensor | None = None) -> Callable:
         dtype = next(unet.parameters()).dtype
         if not torch.is_tensor(t) or t.dim() == 0:
             t = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        if cond is not None:
-            return unet(x.to(dtype), t, encoder_hidden_states=cond.to(x.device, dtype)).sample.float()
-        return unet(x.to(dtype), t).sample.float()
+        return model_call(unet, x.to(dtype), t, None if cond is None else cond.to(x.device, dtype)).float()
 
     return f
 

@@ -13,9 +13,10 @@ import torch
 from diffusers import UNet2DModel
 
 from .errors import DkdmError
+from .weights import check_finite, load_unet
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-BUILTINS = {"digits": BUILTIN_DIR / "digits-teacher"}
+BUILTINS = {"digits": BUILTIN_DIR / "digits-teacher", "digits-t2i": BUILTIN_DIR / "digits-t2i"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -27,6 +28,11 @@ class Teacher:
     fingerprint: str
     text_encoder: torch.nn.Module | None = None  # conditional teachers: e.g. CLIPTextModel
     tokenizer: object | None = None
+    vae: torch.nn.Module | None = None  # latent teachers (Stable Diffusion layout): the U-Net walks VAE latents
+
+    @property
+    def latent(self) -> bool:
+        return self.vae is not None
 
     @property
     def conditional(self) -> bool:
@@ -79,6 +85,10 @@ class Teacher:
         if self.conditional:
             d["text_encoder"] = {"class": type(self.text_encoder).__name__, "config": self.text_encoder.config.to_dict()}
             d["tokenizer"] = {"class": type(self.tokenizer).__name__, "model_max_length": self.tokenizer.model_max_length}
+        if self.latent:
+            from .latent import vae_info
+
+            d["vae"] = vae_info(self.vae)
         return d
 
 
@@ -102,7 +112,7 @@ def _unet_class(folder: Path):
     """UNet2DModel, or the class the folder's config names (UNet2DConditionModel for text-to-image)."""
     try:
         name = json.loads((folder / "config.json").read_text()).get("_class_name", "UNet2DModel")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return UNet2DModel
     if name not in ("UNet2DModel", "UNet2DConditionModel"):
         raise DkdmError(f"teacher {folder} is a {name}; dkdm supports UNet2DModel and UNet2DConditionModel teachers")
@@ -126,9 +136,9 @@ def _load_from(where: str) -> tuple[UNet2DModel, dict]:
     if path.is_dir():
         if (path / "unet").is_dir():
             cls = _unet_class(path / "unet")
-            return cls.from_pretrained(where, subfolder="unet"), _read_scheduler(path / "scheduler")
+            return load_unet(cls, where, "unet"), _read_scheduler(path / "scheduler")
         if (path / "config.json").is_file():
-            return UNet2DModel.from_pretrained(where), _read_scheduler(path)
+            return load_unet(_unet_class(path), where), _read_scheduler(path, model_folder=True)
         raise DkdmError(f"teacher folder {where} has neither unet/ (pipeline layout) nor config.json (model layout)")
     try:  # hub id: same two layouts
         try:
@@ -141,12 +151,16 @@ def _load_from(where: str) -> tuple[UNet2DModel, dict]:
         raise DkdmError(f"could not load teacher {where!r} from the hub: {first}") from exc
 
 
-def _read_scheduler(folder: Path) -> dict:
-    for name in ("scheduler_config.json", "config.json"):
+def _read_scheduler(folder: Path, model_folder: bool = False) -> dict:
+    # in a flat model folder config.json is the model's (it may even carry num_train_timesteps: null)
+    for name in ("scheduler_config.json",) if model_folder else ("scheduler_config.json", "config.json"):
         f = folder / name
         if f.is_file():
-            cfg = json.loads(f.read_text())
-            if "num_train_timesteps" in cfg:
+            try:
+                cfg = json.loads(f.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise DkdmError(f"{f} is not valid JSON ({exc})") from None
+            if isinstance(cfg, dict) and isinstance(cfg.get("num_train_timesteps"), int) and cfg["num_train_timesteps"] > 0:
                 return cfg
     # No scheduler saved next to the model: assume the DDPM default the model was most likely trained with.
     return dict(diffusers.DDPMScheduler().config)
@@ -169,18 +183,26 @@ def resolve_source(source: str) -> str:
 def load_teacher(source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Teacher:
     where = resolve_source(source)
     unet, sched_cfg = _load_from(where)
-    encoder = tokenizer = None
+    encoder = tokenizer = vae = None
     if type(unet).__name__ == "UNet2DConditionModel":
         if not (Path(where) / "text_encoder").is_dir() or not (Path(where) / "tokenizer").is_dir():
             raise DkdmError(f"conditional teacher {source} needs text_encoder/ and tokenizer/ folders next to unet/")
         encoder, tokenizer = load_text_parts(Path(where))
-        # one id over both networks: a different text encoder makes different records
-        fp = fingerprint(torch.nn.ModuleDict({"unet": unet, "text_encoder": encoder}))
+        parts = {"unet": unet, "text_encoder": encoder}
+        if (Path(where) / "vae").is_dir():  # a latent teacher: records mean something only through its VAE
+            from .latent import load_vae
+
+            vae = parts["vae"] = load_vae(Path(where))
+        # one id over all networks: a different text encoder makes different records, another VAE other images
+        fp = fingerprint(torch.nn.ModuleDict(parts))
         encoder = encoder.to(device).eval().requires_grad_(False)
+        if vae is not None:
+            vae = vae.to(device).eval().requires_grad_(False)
     else:
         fp = fingerprint(unet)
+    check_finite(unet, f"teacher {source}")
     unet = unet.to(device)
     if dtype != torch.float32:
         unet = unet.to(dtype=dtype)
     unet = unet.eval().requires_grad_(False)
-    return Teacher(unet=unet, scheduler_config=sched_cfg, source=source, fingerprint=fp, text_encoder=encoder, tokenizer=tokenizer)
+    return Teacher(unet=unet, scheduler_config=sched_cfg, source=source, fingerprint=fp, text_encoder=encoder, tokenizer=tokenizer, vae=vae)

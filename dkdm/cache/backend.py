@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from typing import Iterator
 
 import torch
 
-from ..errors import DkdmError
+from ..errors import BadShardError, DkdmError
 from . import records as rec
 from . import wds_backend, zarr_backend
-from .manifest import SHARD_DIR
+from .manifest import SHARD_DIR, read_manifest
 from .store import Store
+from .validate import RecordSpec
 
 FORMATS = ("wds", "wds-gz", "zarr")  # --format; wds-gz is the wds backend with gzip-compressed tar shards
 
@@ -87,54 +87,48 @@ def data_present(store: Store, shard: dict) -> bool:
     return store.exists(f"{SHARD_DIR}/{shard['file']}")
 
 
-def check_shard(store: Store, shard: dict, deep: bool = False) -> str | None:
-    """None when the shard matches the manifest (size, sha256; with deep, every record decodes), else the problem."""
-    if "files" in shard:
-        problem = zarr_backend.verify_files(store, shard)
-        if problem or not deep:
-            return problem
-    else:
-        rel = f"{SHARD_DIR}/{shard['file']}"
-        if not store.exists(rel):
-            return f"{shard['file']}: missing"
-        data = store.read_bytes(rel)
-        if len(data) != shard["bytes"]:
-            return f"{shard['file']}: {len(data)} bytes, manifest says {shard['bytes']} (truncated or replaced)"
-        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-            return f"{shard['file']}: sha256 mismatch (corrupt or tampered)"
-        if not deep:
-            return None
+def check_shard(store: Store, shard: dict, manifest: dict, deep: bool = False) -> str | None:
+    """None when the shard matches the manifest (size, sha256; with deep, every record checked), else the problem."""
     try:
-        n = sum(len(b) for b in raw_blocks(store, shard, verified=True))
+        if "files" in shard:
+            problem = zarr_backend.verify_files(store, shard, manifest)
+            if problem:
+                return problem
+            content = zarr_backend.read_shard(store, shard) if deep else None
+        else:
+            content = wds_backend.read_verified(store, shard)
+        if deep:
+            for _ in blocks_of(store, shard, content, manifest):
+                pass
     except DkdmError as exc:
         return f"{shard['file']}: {exc}"
-    if n != shard["records"]:
-        return f"{shard['file']}: {n} records, manifest says {shard['records']}"
     return None
 
 
-def fetch(store: Store, shard: dict, verified: bool = False):
+def fetch(store: Store, shard: dict, manifest: dict, verified: bool = False):
     """A shard's content after its bytes matched the manifest: tar bytes, or zarr arrays. This is the I/O
     part of reading, so a reader can run it on a thread for the next shard while decoding this one."""
     if "files" in shard:
         if not verified:
-            problem = zarr_backend.verify_files(store, shard)
+            problem = zarr_backend.verify_files(store, shard, manifest)
             if problem:
-                raise DkdmError(f"shard {problem} in {store.url}; run `dkdm cache verify`")
+                raise BadShardError(f"shard {problem} in {store.url}; run `dkdm cache verify`")
         return zarr_backend.read_shard(store, shard)
     return wds_backend.read_verified(store, shard)
 
 
-def blocks_of(store: Store, shard: dict, content) -> Iterator[rec.RecordBatch]:
+def blocks_of(store: Store, shard: dict, content, manifest: dict) -> Iterator[rec.RecordBatch]:
+    """Record blocks, each checked against the manifest (shape, dtype, finite, t, traj, step, cond, no duplicate)."""
     where = f"{store.url}/{shard['file']}"
+    spec = RecordSpec(manifest, shard, f"shard {where}")
     if "files" in shard:
-        return zarr_backend.iter_shard_blocks(content, where)
-    return wds_backend.iter_shard_blocks(content, where)
+        return zarr_backend.iter_shard_blocks(content, where, spec)
+    return wds_backend.iter_shard_blocks(content, where, spec)
 
 
-def raw_blocks(store: Store, shard: dict, verified: bool = False) -> Iterator[rec.RecordBatch]:
+def raw_blocks(store: Store, shard: dict, manifest: dict, verified: bool = False) -> Iterator[rec.RecordBatch]:
     """Record blocks in storage dtype; the shard's bytes are checked against the manifest first."""
-    yield from blocks_of(store, shard, fetch(store, shard, verified))
+    yield from blocks_of(store, shard, fetch(store, shard, manifest, verified), manifest)
 
 
 def unbatch(blocks, dtype: str | None = None) -> Iterator[tuple]:
@@ -147,9 +141,9 @@ def unbatch(blocks, dtype: str | None = None) -> Iterator[tuple]:
                                                            rec.from_storage(target, dtype), meta)
 
 
-def raw_records(store: Store, shard: dict) -> Iterator[tuple]:
-    return unbatch(raw_blocks(store, shard))
+def raw_records(store: Store, shard: dict, manifest: dict | None = None) -> Iterator[tuple]:
+    return unbatch(raw_blocks(store, shard, manifest or read_manifest(store)))
 
 
-def records(store: Store, shard: dict, dtype: str) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, dict]]:
-    return unbatch(raw_blocks(store, shard), dtype)
+def records(store: Store, shard: dict, dtype: str, manifest: dict | None = None) -> Iterator[tuple[torch.Tensor, int, torch.Tensor, dict]]:
+    return unbatch(raw_blocks(store, shard, manifest or read_manifest(store)), dtype)

@@ -46,9 +46,12 @@ def content_sha256(emb: np.ndarray, mask: np.ndarray, uncond: np.ndarray, prompt
 class Conditioning:
     """Embeddings of the unique prompts (and of "" for classifier-free guidance), ready for the teacher."""
 
-    def __init__(self, teacher, prompts: list[str], guidance_scale: float):
+    def __init__(self, teacher, prompts: list[str], guidance_scale: float, uncond_row: bool = False):
         self.prompts = prompts
         self.unique, self.rows = unique_rows(prompts)
+        if uncond_row and "" not in self.unique:  # "" gets a row: records of the unconditional branch point at it
+            self.unique.append("")
+        self.uncond_row = self.unique.index("") if uncond_row else None
         emb, mask = teacher.encode_prompts(self.unique)
         uncond, _ = teacher.encode_prompts([""])
         self.emb, self.mask, self.uncond = emb, mask, uncond[0]
@@ -90,13 +93,26 @@ class Conditioning:
         group.attrs.update({"sha256": self.sha256, "rule": "record.cond = row of prompt[traj % n_prompts]"})
 
 
-def read_embeddings(store: Store) -> dict:
-    """emb, mask, uncond tensors and prompt texts, checked against the hash the manifest recorded."""
+def read_embeddings(store: Store, expect: dict | None = None) -> dict:
+    """emb, mask, uncond tensors and prompt texts, checked against the hash the manifest recorded; with
+    `expect` (the manifest's `embeddings`) the declared shapes are checked before any array is read."""
     try:
         group = zarr.open_group(zarr_store(store, ROOT), mode="r", zarr_format=3)
+        if expect is not None:
+            rows, seq, dim = expect["rows"], expect["seq"], expect["dim"]
+            want = {"emb": (rows, seq, dim), "mask": (rows, seq), "uncond": (seq, dim), "prompt": (rows,)}
+            got = {k: tuple(group[k].shape) for k in want}
+            if got != want:
+                raise DkdmError(f"{store.url}/{ROOT} declares shapes {got}, the manifest says {want}; refusing")
         emb, mask, uncond = group["emb"][...], group["mask"][...], group["uncond"][...]
+        # the content hash covers bytes, not dtype: a float32 -> int32 flip would keep it
+        if (emb.dtype, mask.dtype, uncond.dtype) != (np.float32, np.int64, np.float32):
+            raise DkdmError(f"{store.url}/{ROOT} holds emb/mask/uncond of dtypes {emb.dtype}/{mask.dtype}/{uncond.dtype}, "
+                            "not float32/int64/float32; refusing")
         prompts = [str(p) for p in group["prompt"][...]]
         want = group.attrs["sha256"]
+    except DkdmError:
+        raise
     except Exception as exc:
         raise DkdmError(f"{store.url}/{ROOT} cannot be read ({type(exc).__name__}: {exc})") from exc
     if content_sha256(emb, mask, uncond, prompts) != want:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .backend import backend_of, check_shard, data_present
 from .manifest import read_manifest, read_sidecars
 from .store import Store
+from ..errors import DkdmError
 
 
 def info(url: str) -> dict:
@@ -44,19 +45,23 @@ def verify(url: str, deep: bool = False) -> list[str]:
     """Problems found (empty = intact): sha256, size (and with deep, record count) of every shard in the manifest."""
     store = Store(url)
     m = read_manifest(store)
-    problems = [p for s in m.get("shards", []) if (p := check_shard(store, s, deep=deep))]
-    listed = {s["file"] for s in m.get("shards", [])}
-    for sc in read_sidecars(store):
-        if sc["file"] not in listed and data_present(store, sc):
-            problems.append(f"{sc['file']}: complete shard not in the manifest (run `dkdm cache seal`)")
+    if not m.get("shards"):
+        return [f"{store.url}: the manifest lists no shard (nothing to verify; finish it with `dkdm generate`)"]
+    problems = [p for s in m["shards"] if (p := check_shard(store, s, m, deep=deep))]
+    listed = {s["file"] for s in m["shards"]}
     covered = m["sampler"].get("covered_timesteps")
-    if covered is not None:  # every shard's timestep histogram must stay on the timesteps the manifest names
-        allowed = {int(t) for t in covered}
-        for sc in read_sidecars(store):
-            off = sorted({int(t) for t in sc.get("t_hist", {})} - allowed)
+    allowed = {int(t) for t in covered} if covered is not None else None
+    try:
+        for sc in read_sidecars(store, m):
+            if sc["file"] not in listed and data_present(store, sc):
+                problems.append(f"{sc['file']}: complete shard not in the manifest (run `dkdm cache seal`)")
+            # every shard's timestep histogram must stay on the timesteps the manifest names
+            off = sorted({int(t) for t in sc.get("t_hist", {})} - allowed) if allowed is not None else []
             if off:
                 problems.append(f"{sc['file']}: records at t={off[:5]} are not among the cache's covered timesteps "
                                 f"(coverage {m['sampler'].get('coverage')})")
+    except DkdmError as exc:
+        problems.append(str(exc))
     if m.get("embeddings") and not store.exists(m["embeddings"]["path"]):
         problems.append(f"{m['embeddings']['path']}: missing (conditioning embeddings the records refer to)")
     return problems

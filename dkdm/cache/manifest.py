@@ -52,35 +52,41 @@ def tool_versions() -> dict:
     return {"dkdm": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
-def read_manifest(store: Store) -> dict:
+def read_manifest(store: Store, check: bool = True) -> dict:
+    """The manifest, its size bounded and (with check) every field typed and bounded (see validate.py)."""
+    from .validate import check_manifest, read_json
+
     if not store.exists(MANIFEST):
         if not store.exists():
             raise DkdmError(f"cache {store.url} does not exist")
         raise DkdmError(f"{store.url} is not a dkdm cache (no {MANIFEST}); create one with `dkdm generate --out {store.url}`")
-    try:
-        m = json.loads(store.read_bytes(MANIFEST))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DkdmError(f"{store.url}/{MANIFEST} is not valid JSON ({exc})") from exc
+    m = read_json(store, MANIFEST)
     if isinstance(m, dict) and m.get("format") == "dkdm-cache/1":
         raise DkdmError(f"{store.url} is a dkdm-cache/1 cache (one tar sample per record), written by dkdm < 0.2; "
                         f"this dkdm reads {FORMAT}: regenerate it with `dkdm generate`")
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise DkdmError(f"{store.url} is not a dkdm cache of format {FORMAT} (format={m.get('format') if isinstance(m, dict) else None!r})")
-    return m
+    return check_manifest(m, f"{store.url}/{MANIFEST}") if check else m
 
 
 def write_manifest(store: Store, manifest: dict) -> None:
     store.write_bytes(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_sidecars(store: Store) -> list[dict]:
+def read_sidecars(store: Store, manifest: dict | None = None) -> list[dict]:
+    """Every shard sidecar, each bounded and checked against the cache's layout (index, name, trajectories, rows)."""
+    from .validate import check_shard_entry, read_json
+
+    m = manifest or read_manifest(store)
     out = []
     for name in store.ls(SHARD_DIR):
         if name.startswith("traj-") and name.endswith(".json"):
-            try:
-                out.append(json.loads(store.read_bytes(f"{SHARD_DIR}/{name}")))
-            except json.JSONDecodeError as exc:
-                raise DkdmError(f"sidecar {SHARD_DIR}/{name} in {store.url} is not valid JSON ({exc})") from exc
+            rel = f"{SHARD_DIR}/{name}"
+            s = read_json(store, rel)
+            check_shard_entry(s, m, f"{store.url}/{rel}")
+            if name != f"{s['name']}.json":
+                raise DkdmError(f"sidecar {store.url}/{rel} describes shard {s['name']}; refusing (a sidecar names its own shard)")
+            out.append(s)
     return sorted(out, key=lambda s: s["index"])
 
 
@@ -88,7 +94,7 @@ def seal(store: Store, identity: dict | None = None) -> dict:
     """Rebuild the manifest's index from the sidecars; refuses sidecars of another cache."""
     if identity is None:
         identity = {k: v for k, v in read_manifest(store).items() if k not in ("shards", "totals", "sealed_at", "created_by")}
-    shards = read_sidecars(store)
+    shards = read_sidecars(store, identity)
     for s in shards:
         if s.get("cache_id") != identity["cache_id"]:
             raise DkdmError(f"shard {s.get('name')} in {store.url} belongs to cache {s.get('cache_id')}, not {identity['cache_id']}: "
@@ -101,8 +107,8 @@ def seal(store: Store, identity: dict | None = None) -> dict:
     manifest["shards"] = [{k: s[k] for k in keys if k in s} for s in complete]
     hist: dict[str, int] = {}
     for s in complete:
-        for t, n in s.get("t_hist", {}).items():
-            hist[t] = hist.get(t, 0) + n
+        for t, n in (s.get("t_hist") or {}).items():
+            hist[str(t)] = hist.get(str(t), 0) + int(n)
     manifest["totals"] = {
         "shards": len(complete),
         "records": sum(s["records"] for s in complete),

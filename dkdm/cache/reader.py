@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +29,7 @@ class CacheReader:
         if not self.manifest.get("shards"):
             raise DkdmError(f"cache {url} has no complete shards; finish it with `dkdm generate` or `dkdm cache seal`")
         self.dtype = self.manifest["record"]["x_t"]["dtype"]
+        self.skipped: list[str] = []  # shards dropped by on_bad='skip'
 
     @property
     def num_records(self) -> int:
@@ -39,16 +39,16 @@ class CacheReader:
         """One shard's record blocks, after its bytes matched the manifest; on_bad='skip' warns and yields nothing.
         `fetched` is the shard's content already being read on a thread (see CacheStream)."""
         try:
-            content = fetched.result() if fetched is not None else backend.fetch(self.store, shard)
-            it = backend.blocks_of(self.store, shard, content)
-            first = next(it, None)
+            content = fetched.result() if fetched is not None else backend.fetch(self.store, shard, self.manifest)
+            # the whole shard is checked before its first record is used: a bad shard is skipped entirely
+            blocks = list(backend.blocks_of(self.store, shard, content, self.manifest))
         except DkdmError as exc:
             if on_bad == "skip":
                 warnings.warn(f"skipping bad shard: {exc}")
+                self.skipped.append(shard["file"])
                 return
             raise
-        if first is not None:
-            yield from itertools.chain([first], it)
+        yield from blocks
 
     def records(self, shard: dict, on_bad: str = "error") -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
         """(x_t, t, target) one record at a time (float32): for inspection and tests; training reads blocks."""
@@ -71,15 +71,19 @@ class CacheStream(IterableDataset):
                  world: int = 1, epochs: int | None = None, on_bad: str = "error"):
         self.reader, self.batch_size, self.buffer, self.seed = reader, batch_size, shuffle_buffer, seed
         self.rank, self.world, self.epochs, self.on_bad = rank, world, epochs, on_bad
+        self._bad: set[str] = set()  # shards skipped as bad (on_bad='skip'), per process
         if world > len(reader.manifest["shards"]):
             raise DkdmError(f"cache has {len(reader.manifest['shards'])} shards, fewer than the {world} ranks reading it; "
                             "generate with a smaller --shard-size")
 
     def _shards(self, worker: int, workers: int) -> Iterator[dict]:
-        epoch = 0
+        epoch, all_shards = 0, self.reader.manifest["shards"]
         while self.epochs is None or epoch < self.epochs:
-            yield from shard_order(self.reader.manifest["shards"], self.seed, epoch, self.rank, self.world, worker, workers,
-                                   shuffle=True)
+            if len(self._bad) >= len(all_shards):  # with on_bad='skip' the stream would otherwise spin, empty, forever
+                raise DkdmError(f"every shard of cache {self.reader.store.url} is bad; nothing to train on")
+            for shard in shard_order(all_shards, self.seed, epoch, self.rank, self.world, worker, workers, shuffle=True):
+                if shard["file"] not in self._bad:  # a skipped shard is not fetched, nor warned about, again
+                    yield shard
             epoch += 1
 
     def _blocks(self, worker: int, workers: int):
@@ -88,15 +92,19 @@ class CacheStream(IterableDataset):
         with ThreadPoolExecutor(1, thread_name_prefix="dkdm-prefetch") as io:
             pending: deque = deque()
             for shard in self._shards(worker, workers):
-                pending.append((shard, io.submit(backend.fetch, self.reader.store, shard)))
+                pending.append((shard, io.submit(backend.fetch, self.reader.store, shard, self.reader.manifest)))
                 if len(pending) > 1:
                     yield from self._decode(*pending.popleft())
             while pending:
                 yield from self._decode(*pending.popleft())
 
     def _decode(self, shard: dict, fetched: Future):
+        good = False
         for block in self.reader.blocks(shard, self.on_bad, fetched):
+            good = True
             yield block.torch(self.reader.dtype)
+        if not good:  # every shard holds >= 1 record, so nothing yielded means it was skipped as bad
+            self._bad.add(shard["file"])
 
     def __iter__(self):
         info = get_worker_info()

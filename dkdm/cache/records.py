@@ -67,11 +67,27 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def load_npy(data: bytes, where: str) -> np.ndarray:
+def load_npy(data: bytes, where: str, spec=None, member: str = "") -> np.ndarray:
+    """A .npy member: its header (shape, dtype) is parsed and checked against `spec` before the array is read,
+    and the declared size must equal the bytes present, so a forged header cannot make us allocate."""
+    f = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as exc:
-        raise DkdmError(f"{where}: not a plain numeric .npy member ({exc})") from exc
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f, max_header_size=4096)
+    except Exception as exc:  # numpy parses the header dict with ast: ValueError, SyntaxError, TokenError...
+        raise DkdmError(f"{where}: {member or 'member'} is not a plain numeric .npy ({type(exc).__name__})") from None
+    if dtype.hasobject or dtype.kind not in "fiub" or fortran:
+        raise DkdmError(f"{where}: {member} has dtype {dtype} (fortran={fortran}); only plain numeric C-order arrays are read")
+    if spec is not None:
+        spec.check_array(shape, dtype, member)
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if n * dtype.itemsize != len(data) - f.tell():
+        raise DkdmError(f"{where}: {member} declares {tuple(shape)} {dtype} ({n * dtype.itemsize} bytes) "
+                        f"but holds {len(data) - f.tell()}")
+    return np.frombuffer(data, dtype=dtype, offset=f.tell()).reshape(shape).copy()
 
 
 def encode(batch: RecordBatch) -> dict:
@@ -95,16 +111,19 @@ def check_members(sample: dict, where: str) -> None:
         raise DkdmError(f"{where}: sample {sample.get('__key__')} lacks {missing}")
 
 
-def decode(sample: dict, where: str) -> RecordBatch:
+def decode(sample: dict, where: str, spec=None) -> RecordBatch:
     check_members(sample, where)
     key = sample.get("__key__")
     try:
         meta = json.loads(sample["meta.json"])
         scalars = {k: np.asarray(meta[k], dtype=np.int64) for k in SCALARS}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise DkdmError(f"{where}: sample {key} has a bad meta.json ({exc})") from exc
-    return check_block(RecordBatch(x_t=load_npy(sample["x_t.npy"], where), target=load_npy(sample["target.npy"], where),
-                                   **scalars), f"{where}: sample {key}")
+    if spec is not None and any(len(v) > spec.records for v in scalars.values()):
+        raise DkdmError(f"{where}: sample {key} meta.json lists more rows than the shard's {spec.records} records")
+    return check_block(RecordBatch(x_t=load_npy(sample["x_t.npy"], where, spec, "x_t"),
+                                   target=load_npy(sample["target.npy"], where, spec, "target"), **scalars),
+                       f"{where}: sample {key}")
 
 
 def check_block(b: RecordBatch, where: str) -> RecordBatch:

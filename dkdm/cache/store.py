@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import fsspec
 
 from ..errors import DkdmError
-from ..runtime import atomic_write_bytes
+from ..runtime import atomic_write_bytes, chmod_default
+
+PART = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.\-]*$")
 
 
 class Store:
@@ -25,7 +28,21 @@ class Store:
         self.local = self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else ())
 
     def path(self, rel: str) -> str:
-        return f"{self.root}/{rel}" if rel else self.root
+        """rel under the root, or a one-line refusal: names come from untrusted manifests and sidecars, so
+        no absolute path, no `..`, nothing but [A-Za-z0-9_.-], and locally no symlink on the way."""
+        if not rel:
+            return self.root
+        parts = rel.split("/")
+        if any(p in (".", "..") or not PART.match(p) for p in parts):
+            raise DkdmError(f"refusing path {rel!r} in cache {self.url}: names must stay inside the cache")
+        full = f"{self.root}/{rel}"
+        if self.local:
+            cur = self.root
+            for p in parts:
+                cur = f"{cur}/{p}"
+                if os.path.islink(cur):
+                    raise DkdmError(f"refusing {rel!r} in cache {self.url}: {cur} is a symlink (caches hold plain files)")
+        return full
 
     def full_url(self, rel: str) -> str:
         """A URL another process (a webdataset worker) can open."""
@@ -63,17 +80,21 @@ class Store:
         if self.local:
             dest = Path(self.path(rel))
             dest.parent.mkdir(parents=True, exist_ok=True)
+            chmod_default(local_path)  # mkstemp made it 0600: a teammate must be able to read a shared cache
             os.replace(local_path, dest)
         else:
             self.fs.put_file(str(local_path), self.path(rel))
             Path(local_path).unlink(missing_ok=True)
 
-    def temp_file(self, rel_dir: str, suffix: str) -> str:
-        """A temp file on the same filesystem as the destination when local (so rename is atomic)."""
+    def temp_file(self, rel_dir: str, suffix: str, owner: str = "") -> str:
+        """A temp file on the same filesystem as the destination when local (so rename is atomic).
+        `owner` (a shard name) goes into the name, so that writer can remove the leftovers of a crashed run."""
         if self.local:
             d = Path(self.path(rel_dir))
             d.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
+            for stale in d.glob(f".tmp-{owner}-*") if owner else ():
+                stale.unlink(missing_ok=True)
+            fd, name = tempfile.mkstemp(dir=d, prefix=f".tmp-{owner}-" if owner else ".tmp-", suffix=suffix)
         else:
             fd, name = tempfile.mkstemp(prefix="dkdm-", suffix=suffix)
         os.close(fd)

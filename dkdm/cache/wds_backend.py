@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import random
 import tarfile
@@ -16,10 +17,12 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from ..errors import DkdmError
+from ..errors import BadShardError
 from . import records as rec
+from .limits import limit
 from .manifest import SHARD_DIR
 from .store import Store
+from .validate import RecordSpec
 
 SUFFIX = ".tar"
 GZ_SUFFIX = ".tar.gz"  # `--format wds-gz`: plain webdataset reads it too (tarfile mode "r|*")
@@ -31,7 +34,7 @@ class TarShardWriter:
     def __init__(self, store: Store, name: str, gz: bool = False):
         self.store, self.name = store, name
         self.suffix = GZ_SUFFIX if gz else SUFFIX
-        self.tmp = store.temp_file(SHARD_DIR, self.suffix)
+        self.tmp = store.temp_file(SHARD_DIR, self.suffix, owner=name)
         self._raw = open(self.tmp, "wb")
         # gzip header without file name or time, so equal records still give equal bytes; level 1: fp16 noise
         # compresses to within 0.5% of level 6 at 3/4 of the time, and this runs beside the teacher
@@ -73,26 +76,56 @@ class TarShardWriter:
 
 
 def read_verified(store: Store, shard: dict) -> bytes:
-    """A shard's bytes, after its size and sha256 match the manifest."""
+    """A shard's bytes, after its size and sha256 match the manifest (the size is checked before reading)."""
     rel = f"{SHARD_DIR}/{shard['file']}"
     try:
-        data = store.read_bytes(rel)
+        size = store.size(rel)
+        data = store.read_bytes(rel) if size == shard["bytes"] else b""
     except FileNotFoundError as exc:
-        raise DkdmError(f"shard {shard['file']} listed in the manifest of {store.url} is missing") from exc
-    if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
-        raise DkdmError(f"shard {shard['file']} in {store.url} is corrupt or truncated "
-                        f"({len(data)} bytes, expected {shard['bytes']}; sha256 mismatch); run `dkdm cache verify`")
+        raise BadShardError(f"shard {shard['file']} listed in the manifest of {store.url} is missing") from exc
+    if size != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise BadShardError(f"shard {shard['file']} in {store.url} is corrupt or truncated "
+                            f"({size} bytes, expected {shard['bytes']}; sha256 mismatch); run `dkdm cache verify`")
     return data
 
 
-def iter_shard_blocks(data: bytes, where: str) -> Iterator[rec.RecordBatch]:
-    """The record blocks of a tar shard held in memory."""
+def plain_tar(data: bytes, spec: RecordSpec | None, where: str) -> bytes:
+    """The uncompressed tar: gzip is inflated here with a ceiling from the manifest (records x record bytes
+    plus tar overhead), so a decompression bomb stops at that size; any other compression is refused."""
+    if data[:2] == b"\x1f\x8b":
+        cap = limit("shard_bytes")
+        if spec is not None:
+            raw = spec.records * spec.np_dtype.itemsize * (math.prod(spec.x_shape) + math.prod(spec.target_shape))
+            cap = min(cap, raw + spec.records * 4096 + (64 << 10))
+        d = zlib.decompressobj(wbits=31)
+        try:
+            data = d.decompress(data, cap + 1)
+        except zlib.error as exc:
+            raise BadShardError(f"shard {where} is not valid gzip ({exc})") from None
+        if len(data) > cap or d.unconsumed_tail:
+            raise BadShardError(f"shard {where} inflates past {cap:,} bytes, more than its records can take "
+                                "(decompression bomb?); refusing")
+        if not d.eof or d.unused_data:
+            raise BadShardError(f"shard {where} is a truncated gzip stream or has data after it")
+    if len(data) < 512 or data[257:262] != b"ustar":
+        raise BadShardError(f"shard {where} is not a plain tar (or gzipped tar) file")
+    return data
+
+
+def iter_shard_blocks(data: bytes, where: str, spec: RecordSpec | None = None) -> Iterator[rec.RecordBatch]:
+    """The record blocks of a tar shard held in memory, each checked against `spec` (from the manifest)."""
+    data = plain_tar(data, spec, where)
     try:
         samples = group_by_keys(tar_file_expander([{"url": where, "stream": io.BytesIO(data)}]))
         for sample in samples:
-            yield rec.decode(sample, where)
+            block = rec.decode(sample, where, spec)
+            if spec is not None:
+                spec.check_block(block)
+            yield block
     except (tarfile.TarError, ValueError, KeyError, OSError, EOFError, zlib.error) as exc:
-        raise DkdmError(f"shard {where} cannot be read as a dkdm tar shard: {exc}") from exc
+        raise BadShardError(f"shard {where} cannot be read as a dkdm tar shard: {exc}") from exc
+    if spec is not None:
+        spec.finish()
 
 
 def shard_order(shards: list[dict], seed: int, epoch: int, rank: int, world: int, worker: int, workers: int, shuffle: bool) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from typing import Iterator
 
@@ -60,6 +61,16 @@ def create_arrays(store: Store, record: dict, layout: dict) -> None:
                                compressors=BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=8), overwrite=False)
 
 
+def meta_files() -> list[str]:
+    """The zarr metadata a shard's values depend on (dtype, byte order, shape, codecs): hashed in every sidecar."""
+    return sorted([f"{ROOT}/zarr.json", *(f"{ROOT}/{n}/zarr.json" for n in (*TENSORS, *SCALARS))])
+
+
+def expected_files(index: int, record: dict) -> list[str]:
+    ndims = {**{n: 1 + len(record[n]["shape"]) for n in TENSORS}, **{n: 1 for n in SCALARS}}
+    return sorted(shard_files(index, ndims) + meta_files())
+
+
 def shard_files(name_index: int, ndims: dict) -> list[str]:
     """Relative paths of the zarr shard files that hold cache shard g (default chunk key encoding)."""
     out = []
@@ -101,34 +112,70 @@ class ZarrShardWriter:
                 zarr.open_array(zarr_store(self.store, f"{ROOT}/{k}"), mode="r+")[lo:lo + self.count] = v
         ndims = {k: v.ndim for k, v in cat.items()}
         files = {}
-        for rel in shard_files(self.index, ndims):
+        for rel in shard_files(self.index, ndims) + meta_files():
             data = self.store.read_bytes(rel)
             files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        return {"file": self.name, "records": self.count, "bytes": sum(f["bytes"] for f in files.values()),
-                "sha256": combined_sha256(files), "files": files, "rows": [lo, lo + self.count],
+        return {"file": self.name, "records": self.count, "bytes": sum(f["bytes"] for p, f in files.items() if p not in meta_files()),  # data only
+                "sha256": combined_sha256(files, [lo, lo + self.count]), "files": files, "rows": [lo, lo + self.count],
                 "t_hist": {str(k): v for k, v in sorted(self.t_hist.items(), reverse=True)}}
 
     def abort(self) -> None:
         self.batches = []
 
 
-def combined_sha256(files: dict) -> str:
-    """One hash for a shard made of several files: sha256 over 'path sha256' lines in path order."""
-    lines = "".join(f"{p} {files[p]['sha256']}\n" for p in sorted(files))
+def combined_sha256(files: dict, rows: list) -> str:
+    """One hash for a shard made of several files and a row range: sha256 over 'path sha256' lines in path
+    order, then 'rows lo hi' (so a sidecar cannot point the same bytes at other rows)."""
+    lines = "".join(f"{p} {files[p]['sha256']}\n" for p in sorted(files)) + f"rows {rows[0]} {rows[1]}\n"
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def verify_files(store: Store, shard: dict) -> str | None:
-    """None when every file of the shard matches its size and sha256, else what is wrong."""
+def verify_files(store: Store, shard: dict, manifest: dict | None = None) -> str | None:
+    """None when every file of the shard (data and metadata) matches its size and sha256 and the metadata
+    says what the manifest says, else what is wrong."""
+    if combined_sha256(shard["files"], shard["rows"]) != shard["sha256"]:
+        return f"{shard['file']}: sha256 does not cover its files and rows (tampered sidecar or manifest)"
     for rel, want in sorted(shard["files"].items()):
         try:
-            data = store.read_bytes(rel)
+            size = store.size(rel)
         except FileNotFoundError:
             return f"{shard['file']}: {rel} missing"
-        if len(data) != want["bytes"]:
-            return f"{shard['file']}: {rel} has {len(data)} bytes, manifest says {want['bytes']} (truncated or replaced)"
+        if size != want["bytes"]:
+            return f"{shard['file']}: {rel} has {size} bytes, manifest says {want['bytes']} (truncated or replaced)"
+        data = store.read_bytes(rel)
         if hashlib.sha256(data).hexdigest() != want["sha256"]:
             return f"{shard['file']}: {rel} sha256 mismatch (corrupt or tampered)"
+        if manifest is not None and rel.endswith("/zarr.json") and rel != f"{ROOT}/zarr.json":
+            problem = check_array_meta(data, rel.split("/")[-2], manifest)
+            if problem:
+                return f"{shard['file']}: {rel} {problem}"
+    return None
+
+
+INNER_CODECS = ("bytes", "blosc", "zstd", "gzip", "crc32c")
+
+
+def check_array_meta(data: bytes, name: str, m: dict) -> str | None:
+    """None when an array's zarr.json has the shape, dtype, byte order, sharding and codecs the manifest implies."""
+    try:
+        meta = json.loads(data)
+        lay, per = m["layout"], m["layout"]["records_per_shard"]
+        tail = list(m["record"][name]["shape"]) if name in TENSORS else []
+        dtype = storage_np_dtype(m["record"]["x_t"]["dtype"]) if name in TENSORS else "int64"
+        if meta.get("shape") != [lay["records_total"], *tail] or meta.get("data_type") != dtype:
+            return f"declares {meta.get('data_type')} {meta.get('shape')}, the manifest implies {dtype} {[lay['records_total'], *tail]}"
+        if meta.get("chunk_grid") != {"name": "regular", "configuration": {"chunk_shape": [per, *tail]}} \
+                or meta.get("storage_transformers") or meta.get("chunk_key_encoding", {}).get("name") != "default":
+            return "has another chunk grid or key encoding than one zarr shard per cache shard"
+        (sharding,) = meta["codecs"]
+        inner = sharding["configuration"]["chunk_shape"]
+        if sharding["name"] != "sharding_indexed" or len(inner) != 1 + len(tail) or any(o % i for o, i in zip([per, *tail], inner)):
+            return "has an unexpected sharding codec"
+        for c in sharding["configuration"]["codecs"] + sharding["configuration"]["index_codecs"]:
+            if c["name"] not in INNER_CODECS or (c["name"] == "bytes" and c.get("configuration", {}).get("endian", "little") != "little"):
+                return f"uses codec {c} (only little-endian bytes, blosc, zstd, gzip, crc32c are read)"
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"is not the zarr metadata dkdm writes ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -142,7 +189,11 @@ def read_shard(store: Store, shard: dict) -> dict[str, np.ndarray]:
         raise DkdmError(f"shard {shard['file']} in {store.url} cannot be decoded: {exc}") from exc
 
 
-def iter_shard_blocks(arrays: dict, where: str) -> Iterator[rec.RecordBatch]:
+def iter_shard_blocks(arrays: dict, where: str, spec=None) -> Iterator[rec.RecordBatch]:
     """The shard's rows as one block, like the tar backend's blocks; unwritten rows (t = -1) are an error."""
-    yield rec.check_block(rec.RecordBatch(**arrays), where)
+    block = rec.check_block(rec.RecordBatch(**arrays), where)
+    if spec is not None:
+        spec.check_block(block)
+        spec.finish()
+    yield block
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import DkdmError
-from ..runtime import atomic_write_json
+from ..runtime import atomic_write_json, chmod_tree
 
 NAME = re.compile(r"^step-(\d{8})$")
 
@@ -64,8 +64,9 @@ def load_ema(ema, tensors: dict, meta: dict) -> None:
 def save(acc, folder: Path, step: int, ema, lr_sched, sources: dict, trainer_state: dict) -> None:
     """Every rank calls this; rank 0 renames the finished folder into place."""
     tmp = folder.parent / f".tmp-{folder.name}"
-    if acc.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if acc.is_main_process:  # half-written checkpoints of a killed run (kill -9) are never resumed: drop them
+        for stale in folder.parent.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     acc.wait_for_everyone()
     acc.save_state(str(tmp), safe_serialization=True)
     rank = acc.process_index
@@ -79,6 +80,7 @@ def save(acc, folder: Path, step: int, ema, lr_sched, sources: dict, trainer_sta
         atomic_write_json(tmp / "trainer_state.json", {**trainer_state, "step": step})
     acc.wait_for_everyone()
     if acc.is_main_process:
+        chmod_tree(tmp)  # safetensors and torch.save make 0600 files whatever the umask
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -86,21 +88,47 @@ def save(acc, folder: Path, step: int, ema, lr_sched, sources: dict, trainer_sta
 
 
 def read_state(folder: Path) -> dict:
-    return json.loads((Path(folder) / "trainer_state.json").read_text())
+    """trainer_state.json, typed: a hand-edited or damaged state is refused in one line."""
+    f = Path(folder) / "trainer_state.json"
+    try:
+        if f.stat().st_size > 16 << 20:
+            raise ValueError("larger than 16 MB")
+        state = json.loads(f.read_bytes())
+        ok = isinstance(state, dict) and isinstance(state.get("config"), dict) and all(
+            isinstance(state.get(k), int) and not isinstance(state.get(k), bool) for k in ("step", "world", "records_seen"))
+    except (OSError, ValueError) as exc:
+        raise DkdmError(f"checkpoint {folder}: trainer_state.json cannot be read ({exc})") from None
+    if not ok or state["step"] < 0 or state["world"] < 1 or state["records_seen"] < 0:
+        raise DkdmError(f"checkpoint {folder}: trainer_state.json is damaged (step, world and records_seen must be "
+                        "non-negative integers); resume from another checkpoint")
+    return state
 
 
 def load(acc, folder: Path, ema, lr_sched, sources: dict) -> dict:
     state = read_state(folder)
-    acc.load_state(str(folder))
+    try:
+        acc.load_state(str(folder))
+        ema_tensors = load_tensors(folder / "ema.safetensors")
+        ema_meta = json.loads((folder / "ema.json").read_text())
+        lr_state = json.loads((folder / "lr_scheduler.json").read_text())
+    except Exception as exc:  # truncated safetensors, refused pickles, missing files: many exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise DkdmError(f"checkpoint {folder} cannot be loaded ({type(exc).__name__}: {first}); "
+                        "resume from another checkpoint") from exc
     for name, src in sources.items():
         f = folder / f"data_{name}_{acc.process_index}.safetensors"
         if not f.is_file():
             raise DkdmError(f"checkpoint {folder} has no data position for source {name!r} on rank {acc.process_index}; "
                             "resume with the same sources and number of processes")
         src.load_state_dict(load_tensors(f))
-    load_ema(ema, {k: v.to(acc.device) for k, v in load_tensors(folder / "ema.safetensors").items()},
-             json.loads((folder / "ema.json").read_text()))
-    lr_sched.load_state_dict(json.loads((folder / "lr_scheduler.json").read_text()))
+    for k, v in ema_tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise DkdmError(f"checkpoint {folder}: ema.safetensors holds NaN/Inf ({k}); resume from an earlier checkpoint")
+    try:
+        load_ema(ema, {k: v.to(acc.device) for k, v in ema_tensors.items()}, ema_meta)
+        lr_sched.load_state_dict(lr_state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise DkdmError(f"checkpoint {folder} does not fit this run ({type(exc).__name__}: {exc})") from None
     return state
 
 

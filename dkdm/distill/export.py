@@ -7,14 +7,16 @@ from pathlib import Path
 
 import diffusers
 
-from ..runtime import atomic_write_json
+from ..runtime import atomic_write_json, chmod_tree
 
 PIPELINE_FOR = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline"}
 
 
 def export_student(unet, sched, out: str | Path, card: dict) -> Path:
     out = Path(out)
-    unet.save_pretrained(out / "unet", safe_serialization=True)
+    # a DiT student goes to transformer/ (diffusers' name for it); UNets to unet/
+    unet.save_pretrained(out / ("transformer" if type(unet).__name__ == "DiTTransformer2DModel" else "unet"),
+                         safe_serialization=True)
     sched.save_pretrained(out / "scheduler")
     cls = type(sched).__name__
     if type(unet).__name__ == "UNet2DModel":
@@ -27,6 +29,7 @@ def export_student(unet, sched, out: str | Path, card: dict) -> Path:
     # a text-conditioned student has no pixel-space pipeline class in diffusers: load unet/ and scheduler/
     # and condition it with the teacher's text encoder (named in dkdm_student.json)
     atomic_write_json(out / "dkdm_student.json", card)
+    chmod_tree(out)  # safetensors files come out 0600; a student is shared like any output
     return out
 
 

@@ -4,6 +4,7 @@ gradient accumulation, EMA, warm-up, exact resume, Ctrl-C checkpoint, TensorBoar
 from __future__ import annotations
 
 import hashlib
+import math
 import signal
 import threading
 import time
@@ -19,15 +20,19 @@ from .. import coverage
 from ..cache.embeddings import read_embeddings
 from ..cache.reader import CacheReader
 from ..config import DistillConfig
-from ..errors import DkdmError
+from ..cache.manifest import read_manifest
+from ..cache.store import Store
+from ..errors import DkdmError, Interrupted, NonFiniteError
+from ..latent import check_vae, export_latent_student, is_latent_cache
 from ..progress import progress_bar
 from ..runtime import accelerator, atomic_write_json, positive
 from ..schedulers import make_scheduler
-from ..students import build_unet, count_params, student_spec_for
+from ..students import build_student, count_params, student_spec_for
 from ..teacher import load_teacher
+from ..weights import check_finite
 from . import checkpoint as ckpt
 from .export import export_student
-from .features import BlockTap, check_matching_blocks
+from .features import BlockTap, feature_pairs
 from .observe import CsvLog, save_sample_grid, start_trackers, use_tensorboard
 from .pool import TeacherPool
 from .real import RealNoised, load_real_images
@@ -72,10 +77,19 @@ def validate(cfg: DistillConfig) -> None:
         raise DkdmError(f"--pool-init must be teacher or cache, got {cfg.pool_init!r}")
     if cfg.pool_init == "cache" and not cfg.cache:
         raise DkdmError("--pool-init cache needs --cache")
+    if cfg.on_bad_shard not in ("stop", "skip"):
+        raise DkdmError(f"--on-bad-shard must be stop or skip, got {cfg.on_bad_shard!r}")
+    if not (0 < cfg.lr <= 10) or not (0 <= cfg.ema_decay < 1) or cfg.warmup_steps < 0 or cfg.num_workers < 0:
+        raise DkdmError(f"nonsense setting: lr {cfg.lr} must be in (0, 10], ema_decay {cfg.ema_decay} in [0, 1), "
+                        f"warmup_steps {cfg.warmup_steps} and num_workers {cfg.num_workers} >= 0")
+    if cfg.batch_size * cfg.grad_accum > 1 << 20 or cfg.steps > 1 << 31 or cfg.shuffle_buffer > 1 << 24:
+        raise DkdmError(f"batch size {cfg.batch_size} x {cfg.grad_accum}, steps {cfg.steps} or shuffle buffer "
+                        f"{cfg.shuffle_buffer} is absurdly large; check the flags")
     if cfg.mixed_precision not in PRECISIONS:
         raise DkdmError(f"--mixed-precision must be one of {PRECISIONS}, got {cfg.mixed_precision!r}")
-    if cfg.feature_kd > 0 and (cfg.source != "live" or cfg.real_ratio >= 1):
-        raise DkdmError("--feature-kd needs the live teacher (--source live): it compares block outputs on the same inputs")
+    if cfg.feature_kd > 0 and (cfg.source == "both" or cfg.real_ratio >= 1 or not cfg.teacher):
+        raise DkdmError("--feature-kd needs --teacher and --source live or cache: the teacher's block outputs on the "
+                        "same inputs (one teacher forward per cached batch)")
 
 
 def row_split(cfg: DistillConfig) -> dict:
@@ -93,24 +107,27 @@ def _accelerator(cfg: DistillConfig):
 
 
 class _StopFlag:
-    """First Ctrl-C asks for a checkpoint at the end of the current step; a second one aborts at once."""
+    """First Ctrl-C or SIGTERM (what a cluster sends before pre-empting) asks for a checkpoint at the end of the
+    current step; a second signal aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.set, self._old = False, None
+        self.set, self.signum, self._old = False, 0, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
-    def _handle(self, *_):
+    def _handle(self, signum, _frame):
         if self.set:
-            raise KeyboardInterrupt
-        self.set = True
+            raise Interrupted(signum)
+        self.set, self.signum = True, signum
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
@@ -124,6 +141,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     needs_teacher = rows["live"] > 0 or bool(cfg.teacher)
     teacher = load_teacher(cfg.teacher, device) if needs_teacher and cfg.teacher else None
     reader = None
+    if cfg.cache and teacher is not None and teacher.latent:  # say "another VAE" before "another teacher"
+        check_vae(read_manifest(Store(cfg.cache)), teacher, cfg.cache)
     if cfg.cache and (rows["cache"] > 0 or cfg.pool_init == "cache" and rows["live"] > 0 or teacher is None):
         reader = CacheReader(cfg.cache, expect_fingerprint=teacher.fingerprint if teacher else None)
     if reader is not None and (rows["cache"] > 0 or teacher is None):
@@ -147,13 +166,13 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     noise_sched = diffusers.DDPMScheduler.from_config({k: v for k, v in base_sched_cfg.items() if not k.startswith("_")})
     spec = student_spec_for(teacher_cfg, cfg.student)
     emb = conditioning_table(reader, teacher, rows, device)
-    student = build_unet(spec)
+    student, student_info = build_student(cfg, spec, teacher.unet if teacher else None, teacher_cfg)
     channels = spec.in_channels
     student_tap = None
     if cfg.feature_kd > 0:
-        check_matching_blocks(teacher_cfg, dict(student.config))
-        student_tap = BlockTap(student)
-        teacher_tap = BlockTap(teacher.unet, detach=True)
+        pairs = feature_pairs(teacher_cfg, student, student_info)
+        student_tap = BlockTap(student, list(pairs))
+        teacher_tap = BlockTap(teacher.unet, list(pairs.values()), detach=True)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay)
@@ -163,7 +182,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     sources = {}
     if rows["cache"]:
         sources["cache"] = CacheSource(reader, rows["cache"], cfg.shuffle_buffer, cfg.seed, rank, acc.num_processes,
-                                       cfg.num_workers, device)
+                                       cfg.num_workers, device, on_bad="skip" if cfg.on_bad_shard == "skip" else "error")
     if rows["live"]:
         pool = TeacherPool(teacher, sched, walk_kind, cfg.pool, rows["live"], rho=cfg.rho, eta=cfg.sampler.eta,
                            seed=cfg.seed * 1000 + rank, device=device, lazy=True,
@@ -184,7 +203,10 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         if diff or state["world"] != acc.num_processes:
             raise DkdmError(f"checkpoint {resume_from} was made with other settings ({', '.join(diff) or '-'}) or another "
                             f"number of processes ({state['world']}, now {acc.num_processes}); resume with the same ones")
+        if state["step"] > cfg.steps:
+            raise DkdmError(f"checkpoint {resume_from} is at step {state['step']}, past --steps {cfg.steps}")
         ckpt.load(acc, resume_from, ema, lr_sched, sources)
+        check_finite(acc.unwrap_model(student), f"checkpoint {resume_from}")
         start, seen_before = state["step"], state["records_seen"]
     elif rows["live"] and cfg.pool_init == "cache":
         seed_reader = reader.loader(min(256, sources["live"].pool.size), num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + 1, rank=rank,
@@ -194,6 +216,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     def next_batch() -> Batch:
         parts = [next(sources[k]) for k in ("cache", "live") if k in sources]
         cond = emb[parts[0][3]] if emb is not None else None  # conditional: the cache is the only source
+        if cfg.feature_kd > 0 and "cache" in sources:
+            teacher(parts[0][0], parts[0][1], cond)  # one forward on the cached x_t: the tap keeps its block outputs
         feats = teacher_tap.take() if cfg.feature_kd > 0 else None
         xs, ts, outs = [p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts]
         c_out = min((o.shape[1] for o in outs), default=channels)
@@ -202,7 +226,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         if "real" in sources:
             xr, tr, nr = next(sources["real"])
             xs, ts, eps = xs + [xr], ts + [tr], eps + [nr]
-        live_rows = slice(rows["cache"], rows["cache"] + rows["live"])
+        live_rows = slice(0, rows["cache"]) if cfg.feature_kd > 0 and "cache" in sources else \
+            slice(rows["cache"], rows["cache"] + rows["live"])
         return Batch(torch.cat(xs), torch.cat(ts), torch.cat(eps), teacher_out, feats, live_rows, cond)
 
     def save_checkpoint(step: int) -> None:
@@ -225,6 +250,13 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
             if on_step is not None:
                 on_step(step, micro, acc, student)
             loss, parts = trainer.step(micro)
+            # every rank agrees (one rank raising alone would hang DDP); nothing after this step is saved or exported
+            if _any_rank(acc, not math.isfinite(loss)):
+                acc.end_training()
+                last = ckpt.checkpoints(out)
+                raise NonFiniteError(f"the loss is {loss} (NaN/Inf on some rank) at step {step}: training diverged; nothing "
+                                     f"exported. The last good checkpoint is {last[-1] if last else 'none'}: lower --lr, or "
+                                     "check the cache with `dkdm cache verify --deep`")
             seen += cfg.batch_size * cfg.grad_accum * acc.num_processes
             rate = (seen - seen_before) / (time.time() - t0)
             done = step + 1
@@ -234,7 +266,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 if log is not None:
                     log.write(row)
             bar.update(1, loss=loss, rec_s=rate)
-            if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process:
+            if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process and not is_latent_cache(reader):
                 save_sample_grid(acc.unwrap_model(student), ema, view_sched, spec, out / "samples" / f"step-{done:08d}.png", device,
                                  cond=emb)
             if _any_rank(acc, stop.set):
@@ -253,8 +285,9 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     if interrupted:
         acc.end_training()
         if acc.is_main_process:
-            print(f"interrupted: checkpoint saved at step {step + 1}; continue with --resume latest")
-        raise KeyboardInterrupt
+            print(f"interrupted by {signal.Signals(stop.signum).name}: checkpoint saved at step {step + 1}; "
+                  "continue with --resume latest", flush=True)
+        raise Interrupted(stop.signum)
     if cfg.checkpoint_every and cfg.steps > start:
         save_checkpoint(cfg.steps)
     if acc.is_main_process:
@@ -264,10 +297,15 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         final.eval()
         card = {"teacher": teacher.describe() if teacher else reader.manifest["teacher"],
                 "cache_id": reader.manifest["cache_id"] if reader else None, "weights": "ema" if cfg.export_ema else "raw",
-                "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary}
+                "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary,
+                "student": student_info}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
+        check_finite(final, "the trained student")
         export_student(final, view_sched, out / "student", card)
-        save_sample_grid(final, None, view_sched, spec, out / "student_samples.png", device, cond=emb)
+        if is_latent_cache(reader):  # a full StableDiffusionPipeline folder, grid decoded through the VAE
+            export_latent_student(final, view_sched, reader, teacher, out, device)
+        else:
+            save_sample_grid(final, None, view_sched, spec, out / "student_samples.png", device, cond=emb)
     acc.wait_for_everyone()
     acc.end_training()
     return summary
@@ -282,7 +320,7 @@ def conditioning_table(reader, teacher, rows: dict, device) -> torch.Tensor | No
     if rows["live"] or rows["real"] or reader is None or not reader.manifest.get("embeddings"):
         raise DkdmError("a text-conditioned teacher is distilled from its cache only: use --source cache --cache URL and "
                         "no --real (live conditional pools and captioned real images are not supported yet)")
-    table = read_embeddings(reader.store)
+    table = read_embeddings(reader.store, reader.manifest["embeddings"])
     if table["sha256"] != reader.manifest["embeddings"]["sha256"]:
         raise DkdmError(f"{reader.store.url}: embeddings.zarr is not the one the manifest recorded (sha256 differs)")
     return table["emb"].to(device)

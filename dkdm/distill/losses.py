@@ -88,6 +88,11 @@ def kl_learned_variance(student_out: torch.Tensor, teacher_out: torch.Tensor, x_
     return (normal_kl(mu_t, lv_t, mu_s, lv_s).mean() / LN2).float()
 
 
+def feature_terms(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """BK-SDM feature KD: the MSE of each matching block output (the loss sums them, every term weighted 1)."""
+    return [F.mse_loss(s.float(), t.float()) for s, t in zip(student_feats, teacher_feats)]
+
+
 def feature_mse(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
     """BK-SDM feature KD: sum over matching block outputs of the MSE, every term weighted 1."""
-    return sum(F.mse_loss(s.float(), t.float()) for s, t in zip(student_feats, teacher_feats))
+    return sum(feature_terms(student_feats, teacher_feats))

@@ -15,13 +15,15 @@ class CacheSource:
     re-opens the stream and fast-forwards."""
 
     def __init__(self, reader: CacheReader, batch_size: int, shuffle_buffer: int, seed: int, rank: int, world: int,
-                 num_workers: int, device):
+                 num_workers: int, device, on_bad: str = "error"):
         self.args = (batch_size, shuffle_buffer, seed, rank, world, num_workers)
+        self.on_bad = on_bad
         self.reader, self.device, self.consumed, self._it = reader, device, 0, None
 
     def _open(self):
         b, buf, seed, rank, world, nw = self.args
-        it = iter(self.reader.loader(b, num_workers=nw, shuffle_buffer=buf, seed=seed, rank=rank, world=world))
+        it = iter(self.reader.loader(b, num_workers=nw, shuffle_buffer=buf, seed=seed, rank=rank, world=world,
+                                     on_bad=self.on_bad))
         for _ in range(self.consumed):
             next(it)
         return it

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import eps_mse, feature_mse, kl_learned_variance
+from ..students.call import model_call
+from .losses import eps_mse, feature_terms, kl_learned_variance
 
 
 @dataclass
@@ -16,7 +17,7 @@ class Batch:
     t: torch.Tensor  # (B,)
     eps: torch.Tensor  # (B,C,H,W) eps targets: teacher output or the real images' noise
     teacher_out: torch.Tensor | None = None  # (n_teacher, C or 2C, H, W) full teacher output
-    teacher_feats: list | None = None  # block outputs of the teacher on the live rows
+    teacher_feats: list | None = None  # block outputs of the teacher on the rows `live_rows` (live or cached rows)
     live_rows: slice | None = None
     cond: torch.Tensor | None = None  # (B, seq, dim) prompt embeddings for a text-conditioned student
 
@@ -33,10 +34,7 @@ class StudentTrainer:
         self.feature_kd, self.tap, self.clip = feature_kd, student_tap, clip
 
     def loss(self, b: Batch) -> tuple[torch.Tensor, dict]:
-        if b.cond is not None:
-            out = self.student(b.x, b.t, encoder_hidden_states=b.cond).sample
-        else:
-            out = self.student(b.x, b.t).sample
+        out = model_call(self.student, b.x, b.t, b.cond)
         loss = eps_mse(out, b.eps, self.channels)
         parts = {"eps_mse": loss.detach()}
         if self.kl_weight > 0 and b.n_teacher and b.teacher_out.shape[1] == 2 * self.channels and out.shape[1] == 2 * self.channels:
@@ -45,9 +43,12 @@ class StudentTrainer:
             loss = loss + self.kl_weight * kl
             parts["kl"] = kl.detach()
         if self.feature_kd > 0 and b.teacher_feats is not None:
-            fk = feature_mse(self.tap.take(b.live_rows), b.teacher_feats)
+            terms = feature_terms(self.tap.take(b.live_rows), b.teacher_feats)
+            fk = sum(terms)
             loss = loss + self.feature_kd * fk
             parts["feature_kd"] = fk.detach()
+            # each block's term apart (TensorBoard; the CSV keeps the sum)
+            parts.update({f"feature_kd/{n}": v.detach() for n, v in zip(getattr(self.tap, "names", ()), terms)})
         return loss, parts
 
     def step(self, micro_batches) -> tuple[float, dict]:

@@ -7,14 +7,17 @@ from pathlib import Path
 from diffusers import UNet2DModel
 
 from ..errors import DkdmError
+from ..students.call import find_model_dir, load_model
+from ..weights import check_finite
 
 
 def load_student_unet(path: str, device="cpu") -> UNet2DModel:
-    """A student folder (with unet/), a run folder (with student/unet/), or a bare UNet folder."""
-    p = Path(path)
-    for cand in (p / "unet", p / "student" / "unet", p):
-        if (cand / "config.json").is_file():
-            return UNet2DModel.from_pretrained(str(cand)).to(device).eval().requires_grad_(False)
+    """A student folder (with unet/ or transformer/), a run folder (with student/...), or a bare model folder."""
+    folder = find_model_dir(path)
+    if folder is not None:
+        model = load_model(folder)
+        check_finite(model, f"student {folder}")
+        return model.to(device).eval().requires_grad_(False)
     raise DkdmError(f"student {path!r} not found: expected a folder with unet/config.json (as written by `dkdm distill`)")
 
 

@@ -65,6 +65,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     t_start = time.time()
     device = pick_device(cfg.device)
     teacher = load_teacher(cfg.teacher, device)
+    if teacher.latent:
+        raise DkdmError(f"teacher {cfg.teacher} is a latent text-to-image pipeline: use `dkdm evaluate-t2i`")
     shape = teacher.sample_shape
     sched, spacing = scheduler_for(cfg.sampler.scheduler, cfg.sampler.steps, cfg.sampler.timestep_spacing, teacher.scheduler_config)
     if spacing != cfg.sampler.timestep_spacing:

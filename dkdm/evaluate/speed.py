@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..sampling import sample
+from ..students.call import model_call
 from . import energy as energymod
 
 
@@ -119,7 +120,7 @@ def flops_per_step(unet, shape, device="cpu") -> int:
     x = torch.zeros(1, *shape, device=device, dtype=next(unet.parameters()).dtype)
     t = torch.tensor([500], device=device)
     with FlopCounterMode(display=False) as fc:
-        unet(x, t)
+        model_call(unet, x, t)
     return int(fc.get_total_flops())
 
 

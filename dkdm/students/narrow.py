@@ -1,4 +1,4 @@
-"""Build UNets from a spec: the digits teacher trained here, and students smaller than a teacher."""
+"""`narrow` students: UNets built from a spec (the digits teacher, and width-scaled students), random init."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import dataclasses
 
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from .config import UNetSpec
-from .errors import DkdmError
+from ..config import UNetSpec
+from ..errors import DkdmError
 
 
 def build_unet(spec: UNetSpec) -> UNet2DModel | UNet2DConditionModel:
