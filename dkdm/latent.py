@@ -16,9 +16,12 @@ PIPELINE_PARTS = ("vae", "text_encoder", "tokenizer")  # copied from the teacher
 
 
 def load_vae(folder: Path):
+    """The pipeline's vae/ through the safetensors-only loader: a teacher folder may come from another team."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL.from_pretrained(Path(folder) / "vae")
+    from .weights import load_unet
+
+    return load_unet(AutoencoderKL, folder, "vae")
 
 
 def vae_info(vae) -> dict:

@@ -125,7 +125,7 @@ def load_text_parts(path: Path):
 
     cfg = json.loads((path / "text_encoder" / "config.json").read_text())
     enc_cls = getattr(transformers, (cfg.get("architectures") or ["CLIPTextModel"])[0])
-    encoder = enc_cls.from_pretrained(path / "text_encoder")
+    encoder = enc_cls.from_pretrained(path / "text_encoder", use_safetensors=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path / "tokenizer")
     return encoder, tokenizer
 

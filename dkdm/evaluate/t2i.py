@@ -43,7 +43,8 @@ def load_student_pipeline(path: str, teacher, device):
     if not (p / "model_index.json").is_file() or not (p / "vae").is_dir():
         raise DkdmError(f"student {path!r} is not a pipeline folder (model_index.json, unet/, vae/...): "
                         "distil it from a latent teacher's cache with `dkdm distill`")
-    pipe = StableDiffusionPipeline.from_pretrained(str(p), safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(str(p), safety_checker=None, requires_safety_checker=False,
+                                                   use_safetensors=True)
     if vae_info(pipe.vae)["fingerprint"] != vae_info(teacher.vae)["fingerprint"]:
         raise DkdmError(f"student {path!r} decodes with another VAE than teacher {teacher.source}; images would not compare")
     pipe.set_progress_bar_config(disable=True)
@@ -96,7 +97,7 @@ def clip_score(images: torch.Tensor, prompts: list[str], clip_path: str) -> floa
     from transformers import AutoTokenizer, CLIPModel
 
     try:
-        model = CLIPModel.from_pretrained(clip_path).eval()
+        model = CLIPModel.from_pretrained(clip_path, use_safetensors=True).eval()
         tok = AutoTokenizer.from_pretrained(clip_path)
     except OSError as exc:
         raise DkdmError(f"--clip {clip_path!r} is not a CLIP model folder (config.json, weights, tokenizer): {exc}") from exc

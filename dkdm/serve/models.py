@@ -74,9 +74,9 @@ def load_served(spec: str, device: torch.device, dtype: str = "fp32", compile: b
         raise DkdmError(f"model {source!r} is text-conditioned but has no text encoder")
     vae = None
     if (folder / "vae" / "config.json").is_file():
-        from diffusers import AutoencoderKL
+        from ..latent import load_vae
 
-        vae = AutoencoderKL.from_pretrained(folder / "vae").to(device, DTYPES[dtype]).eval().requires_grad_(False)
+        vae = load_vae(folder).to(device, DTYPES[dtype]).eval().requires_grad_(False)
     if compile:
         t.unet = torch.compile(t.unet)
     return Served(name=name or _default_name(source), source=source, teacher=t, vae=vae)
