@@ -21,6 +21,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Measure the stages: cache wr
 app.add_typer(bench_app, name="bench")
 
 RECIPE_HELP = "TOML recipe (path, or name in pipelines/); flags override it."
+COVERAGE_HELP = "Timesteps visited: offsets (grid shifted per trajectory: all T) | grid | full (DDPM, T steps)."
 
 
 def debugging() -> bool:
@@ -120,6 +121,7 @@ def generate(
     format: Optional[str] = typer.Option(None, "--format", help="Shard backend: wds (tar shards) | wds-gz (gzipped tar shards) | zarr (trajectories.zarr)."),
     prompts: Optional[str] = typer.Option(None, help="Text-conditioned teachers: file with one prompt per line."),
     guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (1 = none)."),
+    coverage: Optional[str] = typer.Option(None, help=COVERAGE_HELP),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
@@ -132,7 +134,7 @@ def generate(
     cfg = cfgmod.override(r, teacher=teacher, out=out, trajectories=trajectories, keep=keep, shard_size=shard_size,
                           seed=seed, batch_size=batch_size, dtype=dtype, device=device, format=format, prompts=prompts,
                           guidance_scale=guidance_scale)
-    cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, eta))
+    cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, eta), sampler__coverage=coverage)
     state = PartialState(cpu=cfg.device == "cpu")
     res = run(cfg, rank=state.process_index, world=state.num_processes, progress=not quiet,
               barrier=state.wait_for_everyone if state.num_processes > 1 else None)
@@ -156,6 +158,7 @@ def distill(
     pool: Optional[str] = typer.Option(None, help="Live pool: iterative | shuffled | dynamic"),
     rho: Optional[float] = typer.Option(None, help="Pool size factor: rho*T*b samples."),
     sampler_steps: Optional[int] = typer.Option(None, "--sampler-steps", help="Live teacher: steps T of its schedule."),
+    coverage: Optional[str] = typer.Option(None, help="Live teacher: " + COVERAGE_HELP),
     shuffle_buffer: Optional[int] = typer.Option(None),
     num_workers: Optional[int] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
@@ -163,7 +166,7 @@ def distill(
     real: Optional[str] = typer.Option(None, help="Real images to mix in: digits | folder of PNG/JPG | webdataset .tar."),
     real_ratio: Optional[float] = typer.Option(None, help="Share of each batch from --real (1 = plain data training)."),
     pool_init: Optional[str] = typer.Option(None, help="Live pool start: teacher (walk it) | cache (seed from records)."),
-    kl_weight: Optional[float] = typer.Option(None, help="lambda of the KL term for learned-variance teachers."),
+    kl_weight: Optional[float] = typer.Option(None, help="Weight of KL(p_T||p_S) in bits/dim per term (learned-variance teachers; default 1, as DKDM)."),
     feature_kd: Optional[float] = typer.Option(None, help="Weight of block-output MSE (live teacher, matching blocks)."),
     mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16"),
     grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
@@ -185,7 +188,7 @@ def distill(
     r = cfgmod.load_recipe(recipe).distill
     cfg = cfgmod.override(r, teacher=teacher, cache=cache, source=source, out=out, steps=steps, batch_size=batch_size,
                           lr=lr, pool=pool, rho=rho, shuffle_buffer=shuffle_buffer, num_workers=num_workers, seed=seed,
-                          device=device, sampler__steps=sampler_steps, real=real, real_ratio=real_ratio, pool_init=pool_init,
+                          device=device, sampler__steps=sampler_steps, sampler__coverage=coverage, real=real, real_ratio=real_ratio, pool_init=pool_init,
                           kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum,
                           checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
                           sample_every=sample_every, export_ema=export_ema, tracker=tracker, on_bad_shard=on_bad_shard,
@@ -302,12 +305,16 @@ def print_table(report: dict) -> None:
 
     table = Table(title=f"teacher vs student ({report['sampler']['class']}, {report['sampler']['steps']} steps, "
                         f"{report['num_samples']} samples)")
-    for col in ("model", "FID", "KID", "images/s", "speed-up", "params", "GFLOPs/img"):
+    for col in ("model", "FID", "FID / teacher", "KID x10^3", "images/s", "speed-up", "params", "GFLOPs/img"):
         table.add_column(col, justify="right" if col != "model" else "left")
-    t_ips = report["teacher"]["images_per_s"]
+    t_ips, t_fid = report["teacher"]["images_per_s"], report["teacher"]["fid"]
     for name, r in [("teacher", report["teacher"]), *report["students"].items()]:
-        table.add_row(name, f"{r['fid']:.2f}", "n/a" if r["kid"] is None else f"{r['kid']:.4f}", f"{r['images_per_s']:.1f}",
+        table.add_row(name, f"{r['fid']:.2f}", f"{r['fid'] / t_fid:.2f}x" if t_fid else "n/a",
+                      "n/a" if r["kid"] is None else f"{1e3 * r['kid']:.2f}", f"{r['images_per_s']:.1f}",
                       f"{r['images_per_s'] / t_ips:.2f}x", f"{r['params']:,}", f"{r['flops_per_image'] / 1e9:.3f}")
+    if report["teacher"]["kid"] is not None:  # the teacher's own distance to the reference: the floor a student sits on
+        table.caption = (f"KID x10^3 floor, teacher vs {report['reference']['name']}: {1e3 * report['teacher']['kid']:.2f} "
+                         "(read a student's KID against it, not against 0)")
     Console().print(table)
 
 
@@ -324,7 +331,8 @@ def cache_info(cache: str = typer.Argument(..., help="Cache folder or URL."), as
     typer.echo(f"cache     {i['cache']}  id {i['cache_id']}  {i['backend']}  sealed {i['sealed_at']}")
     typer.echo(f"teacher   {i['teacher']['source']} ({i['teacher']['class']}, fingerprint {i['teacher']['fingerprint'][:16]}…)")
     s = i["sampler"]
-    typer.echo(f"sampler   {i['scheduler']} {s['steps']} steps, eta {s['eta']}, keep {s['keep']}, seed {s['base_seed']}, {s['dtype']}")
+    typer.echo(f"sampler   {i['scheduler']} {s['steps']} steps, eta {s['eta']}, keep {s['keep']}, seed {s['base_seed']}, {s['dtype']}, "
+               f"coverage {s.get('coverage', 'grid')}")
     if i["conditioning"]:
         typer.echo(f"prompts   {i['conditioning']['rows']} unique, embeddings {i['conditioning']['seq']}x{i['conditioning']['dim']} "
                    f"in {i['conditioning']['path']}, guidance {s['guidance_scale']}")

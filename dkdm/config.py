@@ -48,6 +48,9 @@ class SamplerConfig:
     steps: int = 50
     eta: float = 0.0
     timestep_spacing: str = "trailing"
+    # which training timesteps a cache or live pool visits (dkdm/coverage.py): offsets | grid | full;
+    # ignored by evaluate, which samples the grid
+    coverage: str = "offsets"
 
 
 @dataclass
@@ -110,7 +113,7 @@ class DistillConfig:
     pool_init: str = "teacher"  # teacher | cache: seed the live pool from cache records
     real: str = ""  # digits | folder of PNG/JPG | webdataset .tar of images
     real_ratio: float = 0.0  # share of each batch from real images (1 = plain data training)
-    kl_weight: float = 0.001  # lambda of KL(p_T||p_S) for learned-variance teachers (IDDPM)
+    kl_weight: float = 1.0  # weight of KL(p_T||p_S) in bits/dim per term, learned-variance teachers (DKDM, docs/distill.md)
     feature_kd: float = 0.0  # weight of BK-SDM block-output MSE (live teacher, matching blocks)
     mixed_precision: str = "no"  # no | fp16 | bf16
     grad_accum: int = 1

@@ -21,7 +21,8 @@ from .latent import PairedGuidance
 from .progress import progress_bar
 from .runtime import pick_device, positive
 from .sampling import SEED_RULE, sample, trajectory_seed
-from .schedulers import make_scheduler, stable_scheduler
+from . import coverage
+from .schedulers import clipped_eps, make_scheduler, stable_scheduler
 from .teacher import load_teacher
 
 PAIRED_TARGETS = "eps, unguided: per step one record for the prompt's row and one for the \"\" row"
@@ -100,9 +101,11 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     validate(cfg)
     device = pick_device(cfg.device)
     teacher = load_teacher(cfg.teacher, device)
-    sched, spacing = stable_scheduler(cfg.sampler, teacher.scheduler_config)
-    if spacing != cfg.sampler.timestep_spacing and rank == 0:
-        first = int(make_scheduler(cfg.sampler, teacher.scheduler_config).timesteps[0])
+    T = int(teacher.scheduler_config.get("num_train_timesteps", 1000))
+    walk = coverage.sampler_for(cfg.sampler, T)
+    sched, spacing = stable_scheduler(walk, teacher.scheduler_config)
+    if spacing != walk.timestep_spacing and rank == 0:
+        first = int(make_scheduler(walk, teacher.scheduler_config).timesteps[0])
         print(f"note: {cfg.sampler.scheduler} diverges from t={first} with this teacher's noise schedule; "
               f"sampling with '{spacing}' spacing (recorded in the manifest)", file=sys.stderr)
     timesteps = [int(t) for t in sched.timesteps]
@@ -110,10 +113,14 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     shape = teacher.sample_shape
     out_ch = teacher.unet.config.out_channels
     cond = conditioning(teacher, cfg)
-    sampler = {"scheduler": cfg.sampler.scheduler, "steps": cfg.sampler.steps, "eta": cfg.sampler.eta,
+    sampler = {"scheduler": walk.scheduler, "steps": walk.steps, "eta": walk.eta,
                "timestep_spacing": spacing, "guidance_scale": cond.guidance_scale if cond else 1.0,
                "timesteps": timesteps, "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed,
-               "seed_rule": SEED_RULE, "dtype": cfg.dtype}
+               "seed_rule": SEED_RULE, "dtype": cfg.dtype, "coverage": walk.coverage,
+               "offsets": coverage.offsets_used(walk.coverage, timesteps, T),
+               "offset_rule": "traj mod stride" if walk.coverage == "offsets" else None,
+               "covered_timesteps": coverage.covered_timesteps(walk.coverage, timesteps, T, kept),
+               "use_clipped_model_output": clipped_eps(sched)}
     if cond:
         sampler["prompts"] = {"count": len(cond.prompts), "unique": len(cond.unique), "rule": "traj % count",
                               "sha256": rec_sha("\n".join(cond.prompts))}
@@ -159,7 +166,8 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
         try:
             for lo in range(a, b, cfg.batch_size):
                 trajs = np.arange(lo, min(lo + cfg.batch_size, b), dtype=np.int64)
-                batches = _walk(teacher, sched, trajs, cfg, shape, kept_set, device, cond)
+                batches = _walk(teacher, sched, trajs, cfg, shape, kept_set, device, cond,
+                                shift=coverage.shifts(walk.coverage, timesteps, T, trajs))
                 tw = time.perf_counter()
                 writer.add_many(batches)
                 write_s += time.perf_counter() - tw
@@ -223,7 +231,7 @@ def _range(g: int, cfg: GenerateConfig) -> list[int]:
 
 
 def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: set, device,
-          cond: Conditioning | None = None) -> list[rec.RecordBatch]:
+          cond: Conditioning | None = None, shift: torch.Tensor | None = None) -> list[rec.RecordBatch]:
     """One batch of trajectories through the whole schedule; the kept steps come back as records."""
     out: list[rec.RecordBatch] = []
     n = len(trajs)
@@ -241,8 +249,8 @@ def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: s
         elif i in kept:
             out.append(rec.RecordBatch(
                 x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
-                t=np.full(n, t, np.int64), traj=trajs, step=np.full(n, i, np.int64), cond=rows))
+                t=np.broadcast_to(np.asarray(t, np.int64), (n,)).copy(), traj=trajs, step=np.full(n, i, np.int64), cond=rows))
 
     seeds = [trajectory_seed(cfg.seed, j) for j in trajs]
-    sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record)
+    sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record, shift=shift, guided_ddim=True)
     return out

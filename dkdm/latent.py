@@ -69,17 +69,18 @@ class PairedGuidance:
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, x, t):
-        out_u, out_c = self.teacher(torch.cat([x, x]), t, torch.cat([self.unc, self.emb])).chunk(2)
+        t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.dim() > 0 else t  # per-sample t (coverage offsets)
+        out_u, out_c = self.teacher(torch.cat([x, x]), t2, torch.cat([self.unc, self.emb])).chunk(2)
         self.last = (out_u, out_c)
         return out_u + self.g * (out_c - out_u)
 
-    def records(self, rec, inp, dtype, t: int, i: int, trajs: np.ndarray, rows: np.ndarray):
+    def records(self, rec, inp, dtype, t, i: int, trajs: np.ndarray, rows: np.ndarray):
         """One block: the prompt records of this step, then the "" records at the same x_t (block keys stay unique)."""
         out_u, out_c = self.last
         n = len(trajs)
         x = rec.to_storage(torch.cat([inp, inp]), dtype)
         return rec.RecordBatch(x_t=x, target=rec.to_storage(torch.cat([out_c, out_u]), dtype),
-                               t=np.full(2 * n, t, np.int64), traj=np.concatenate([trajs, trajs]),
+                               t=np.tile(np.broadcast_to(np.asarray(t, np.int64), (n,)), 2), traj=np.concatenate([trajs, trajs]),
                                step=np.full(2 * n, i, np.int64),
                                cond=np.concatenate([rows, np.full(n, self.uncond_row, np.int64)]))
 

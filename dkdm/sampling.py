@@ -38,17 +38,29 @@ def initial_noise(seeds, shape: tuple[int, int, int], device="cpu") -> tuple[tor
 
 @torch.no_grad()
 def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu", callback: StepCallback | None = None,
-           clamp: bool = True) -> torch.Tensor:
-    """Walk `sched.timesteps` from seeded noise; returns images in [-1, 1] (float32, on `device`); latents unclamped."""
+           shift: torch.Tensor | None = None, guided_ddim: bool = False, clamp: bool = True) -> torch.Tensor:
+    """Walk `sched.timesteps` from seeded noise; returns images in [-1, 1] (float32, on `device`); latents unclamped.
+
+    `shift` (one int per sample) walks sample i along the grid moved by shift[i] (timestep coverage
+    'offsets'); the callback then gets the (n,) tensor of timesteps instead of one int."""
     x, gens = initial_noise(seeds, shape, device)
     sched.set_timesteps(sched.num_inference_steps)  # multistep/Euler schedulers keep state: restart it
     x = x * sched.init_noise_sigma
+    shifted = shift is not None and bool((shift != 0).any())
     for i, t in enumerate(sched.timesteps):
+        noise = gens if eta > 0 or _needs_noise(sched) else None
+        if shifted:  # single-step schedulers only (coverage.sampler_for): no scale_model_input, per-sample t
+            tv = int(t) + shift.to(torch.long)
+            out = model(x, tv.to(device))
+            if callback is not None:
+                callback(i, tv, x, out)
+            x = schedulers.step_mixed(sched, out, tv, x, eta=eta, generators=noise, guided_ddim=guided_ddim)
+            continue
         inp = sched.scale_model_input(x, t)
         out = model(inp, t.to(device) if torch.is_tensor(t) else t)
         if callback is not None:
             callback(i, int(t), inp, out)
-        x = schedulers.step(sched, out, t, x, eta=eta, generator=gens if eta > 0 or _needs_noise(sched) else None)
+        x = schedulers.step(sched, out, t, x, eta=eta, generator=noise, guided_ddim=guided_ddim)
     return x.clamp(-1, 1) if clamp else x
 
 

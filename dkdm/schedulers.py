@@ -46,8 +46,10 @@ def stable_scheduler(cfg: SamplerConfig, base_config: dict):
     return sched, cfg.timestep_spacing
 
 
-def step(sched, model_output: torch.Tensor, t, x: torch.Tensor, eta: float = 0.0, generator=None) -> torch.Tensor:
-    """One reverse step; drops learned-variance channels for schedulers that cannot use them."""
+def step(sched, model_output: torch.Tensor, t, x: torch.Tensor, eta: float = 0.0, generator=None,
+         guided_ddim: bool = False) -> torch.Tensor:
+    """One reverse step; drops learned-variance channels for schedulers that cannot use them.
+    guided_ddim: teacher trajectories (generate, pool) step DDIM like guided-diffusion (see clipped_eps)."""
     c = x.shape[1]
     # only DDPM's step reads variance channels; a DDIM built from a DDPM config keeps variance_type but ignores it
     uses_variance = type(sched).__name__ == "DDPMScheduler" and getattr(sched.config, "variance_type", None) in ("learned", "learned_range")
@@ -56,14 +58,24 @@ def step(sched, model_output: torch.Tensor, t, x: torch.Tensor, eta: float = 0.0
     kwargs = {"generator": generator}
     if "eta" in inspect.signature(sched.step).parameters:
         kwargs["eta"] = eta
+    if guided_ddim and clipped_eps(sched):
+        kwargs["use_clipped_model_output"] = True
     return sched.step(model_output, t, x, **kwargs).prev_sample
 
 
-def step_mixed(sched, model_output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, eta: float = 0.0, generators=None) -> torch.Tensor:
+def clipped_eps(sched) -> bool:
+    """DDIM with x0 clipping steps with the eps re-derived from the clipped x0, as guided-diffusion's
+    `ddim_sample` does (diffusers' default keeps the raw eps, a different trajectory)."""
+    c = sched.config
+    return type(sched).__name__ == "DDIMScheduler" and bool(c.get("clip_sample") or c.get("thresholding"))
+
+
+def step_mixed(sched, model_output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, eta: float = 0.0, generators=None,
+               guided_ddim: bool = False) -> torch.Tensor:
     """A reverse step for a batch whose members sit at different timesteps (the DKDM pool)."""
     out = torch.empty_like(x)
     for tv in torch.unique(t).tolist():
         sel = (t == tv).nonzero(as_tuple=True)[0]
         gens = [generators[i] for i in sel.tolist()] if generators is not None else None
-        out[sel] = step(sched, model_output[sel], int(tv), x[sel], eta=eta, generator=gens)
+        out[sel] = step(sched, model_output[sel], int(tv), x[sel], eta=eta, generator=gens, guided_ddim=guided_ddim)
     return out

@@ -43,7 +43,7 @@ def other_teacher(tmp_path_factory) -> Path:
 
 def gen_cfg(teacher, out, **kw) -> GenerateConfig:
     base = dict(teacher=str(teacher), out=str(out), trajectories=12, shard_size=4, batch_size=4,
-                sampler=SamplerConfig(steps=5), device="cpu")
+                sampler=SamplerConfig(steps=5, coverage="grid"), device="cpu")
     base.update(kw)
     return GenerateConfig(**base)
 

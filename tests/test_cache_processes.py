@@ -20,7 +20,7 @@ from dkdm.generate import generate
 
 from conftest import gen_cfg, run_cli
 
-GEN = ["--trajectories", "12", "--shard-size", "4", "--batch-size", "4", "--steps", "5", "--device", "cpu", "--quiet"]
+GEN = ["--trajectories", "12", "--shard-size", "4", "--batch-size", "4", "--steps", "5", "--coverage", "grid", "--device", "cpu", "--quiet"]
 
 
 def shard_hashes(cache):

@@ -88,7 +88,8 @@ def test_real_ratio_out_of_range_is_refused(tmp_path, tiny_teacher):
 
 
 def test_kl_posterior_matches_diffusers_learned_range():
-    """Our batched posterior (per-sample t) equals what diffusers' own DDPM step computes, one t at a time."""
+    """Our batched posterior (per-sample t) equals what diffusers' own DDPM step computes, one t at a time.
+    At t = 0 diffusers takes log(1e-20) for the posterior variance, we the clipped log β̃_1 (tests/test_losses.py)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
@@ -100,13 +101,14 @@ def test_kl_posterior_matches_diffusers_learned_range():
     mean, log_var = _posterior(sched, eps, v, x, t)
     for i, ti in enumerate(t.tolist()):
         ref = sched._get_variance(ti, predicted_variance=v[i])  # diffusers returns the log-variance here
-        assert torch.allclose(log_var[i], ref, atol=1e-5)
+        if ti > 0:
+            assert torch.allclose(log_var[i].float(), ref, atol=1e-3)  # diffusers: float32; ours: float64
         # diffusers' step = mean + exp(log_var / 2) * noise (no noise at t=0): recover its mean
         out = sched.step(torch.cat([eps[i:i + 1], v[i:i + 1]], 1), ti, x[i:i + 1],
                          generator=torch.Generator().manual_seed(i)).prev_sample
         noise = randn_tensor((1, 1, 2, 2), generator=torch.Generator().manual_seed(i))
         step_mean = out - (torch.exp(0.5 * ref) * noise if ti > 0 else 0)
-        assert torch.allclose(mean[i:i + 1], step_mean, atol=1e-4), ti
+        assert torch.allclose(mean[i:i + 1].float(), step_mean, atol=1e-4), ti
 
 
 def test_kl_is_zero_for_identical_outputs_and_trains_only_variance():
@@ -125,13 +127,13 @@ def test_kl_is_zero_for_identical_outputs_and_trains_only_variance():
 def test_distill_learned_variance_teacher_uses_kl(tmp_path):
     teacher = save_tiny_teacher(tmp_path / "lv", learned_variance=True)
     rows = []
-    res = distill(dcfg(tmp_path, teacher=str(teacher), source="live", pool="shuffled", steps=3, kl_weight=0.001),
+    res = distill(dcfg(tmp_path, teacher=str(teacher), source="live", pool="shuffled", steps=3, kl_weight=1.0),
                   progress=False)
     log = (tmp_path / "run" / "distill_log.csv").read_text().splitlines()
     header, first = log[0].split(","), log[1].split(",")
     kl = float(first[header.index("kl")])
     loss, mse = float(first[header.index("loss")]), float(first[header.index("eps_mse")])
-    assert kl > 0 and abs(loss - (mse + 0.001 * kl)) < 1e-4
+    assert kl > 0 and abs(loss - (mse + kl)) < 1e-4
     assert UNet2DModel.from_pretrained(str(tmp_path / "run" / "student" / "unet")).config.out_channels == 2
     assert res["final_loss"] > 0 and not rows
 

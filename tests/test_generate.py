@@ -84,7 +84,7 @@ def test_other_settings_refuse_existing_cache(tiny_cache, tiny_teacher, other_te
     with pytest.raises(DkdmError, match="already holds cache"):
         generate(gen_cfg(other_teacher, out), progress=False)
     with pytest.raises(DkdmError, match="already holds cache"):
-        generate(gen_cfg(tiny_teacher, out, sampler=gen_cfg(tiny_teacher, out).sampler.__class__(steps=6)), progress=False)
+        generate(gen_cfg(tiny_teacher, out, sampler=gen_cfg(tiny_teacher, out).sampler.__class__(steps=6, coverage="grid")), progress=False)
 
 
 def test_non_cache_folder_is_not_overwritten(tiny_teacher, tmp_path):
@@ -208,7 +208,7 @@ def test_dpm_solver_cache_switches_to_leading_spacing(tiny_teacher, tmp_path):
     records it, and the records stay finite."""
     from dkdm.config import SamplerConfig
 
-    generate(gen_cfg(tiny_teacher, tmp_path / "d", trajectories=4, sampler=SamplerConfig(scheduler="dpm++", steps=5)),
+    generate(gen_cfg(tiny_teacher, tmp_path / "d", trajectories=4, sampler=SamplerConfig(scheduler="dpm++", steps=5, coverage="grid")),
              progress=False)
     m = read_manifest(Store(tmp_path / "d"))
     assert m["sampler"]["timestep_spacing"] == "leading" and m["sampler"]["timesteps"][0] < 999

@@ -75,7 +75,8 @@ class Conditioning:
             if g == 1.0:
                 return teacher(x, t, cond)
             unc = self.uncond.to(device).expand_as(cond)
-            out_u, out_c = teacher(torch.cat([x, x]), t, torch.cat([unc, cond])).chunk(2)
+            t2 = torch.cat([t, t]) if torch.is_tensor(t) and t.dim() > 0 else t  # per-sample t (coverage offsets)
+            out_u, out_c = teacher(torch.cat([x, x]), t2, torch.cat([unc, cond])).chunk(2)
             return out_u + g * (out_c - out_u)  # Ho & Salimans 2022, eq. 6
 
         return f

@@ -18,7 +18,7 @@ def info(url: str) -> dict:
         "cache_id": m["cache_id"],
         "teacher": {k: m["teacher"][k] for k in ("source", "class", "fingerprint")},
         "scheduler": m["scheduler"]["class"],
-        "sampler": {k: m["sampler"][k] for k in ("scheduler", "steps", "eta", "keep", "base_seed", "dtype", "guidance_scale") if k in m["sampler"]},
+        "sampler": {k: m["sampler"][k] for k in ("scheduler", "steps", "eta", "keep", "base_seed", "dtype", "guidance_scale", "coverage") if k in m["sampler"]},
         "record": m["record"],
         "shards": tot.get("shards", 0),
         "records": tot.get("records", 0),
@@ -49,10 +49,17 @@ def verify(url: str, deep: bool = False) -> list[str]:
         return [f"{store.url}: the manifest lists no shard (nothing to verify; finish it with `dkdm generate`)"]
     problems = [p for s in m["shards"] if (p := check_shard(store, s, m, deep=deep))]
     listed = {s["file"] for s in m["shards"]}
+    covered = m["sampler"].get("covered_timesteps")
+    allowed = {int(t) for t in covered} if covered is not None else None
     try:
         for sc in read_sidecars(store, m):
             if sc["file"] not in listed and data_present(store, sc):
                 problems.append(f"{sc['file']}: complete shard not in the manifest (run `dkdm cache seal`)")
+            # every shard's timestep histogram must stay on the timesteps the manifest names
+            off = sorted({int(t) for t in sc.get("t_hist", {})} - allowed) if allowed is not None else []
+            if off:
+                problems.append(f"{sc['file']}: records at t={off[:5]} are not among the cache's covered timesteps "
+                                f"(coverage {m['sampler'].get('coverage')})")
     except DkdmError as exc:
         problems.append(str(exc))
     if m.get("embeddings") and not store.exists(m["embeddings"]["path"]):

@@ -84,8 +84,14 @@ def records_per_step(manifest: dict) -> int:
 def legal_steps(manifest: dict) -> set[int]:
     """The timesteps a record of this cache may carry: the manifest's `covered_timesteps` when the cache
     covers shifted grids, else the sampler's own schedule."""
-    covered = manifest.get("covered_timesteps")
+    covered = covered_of(manifest)
     return set(covered if covered is not None else manifest["sampler"]["timesteps"])
+
+
+def covered_of(m: dict):
+    """`covered_timesteps`: dkdm generate writes it in the sampler section (issue 9); top level also read."""
+    sp = m.get("sampler")
+    return m.get("covered_timesteps", sp.get("covered_timesteps") if isinstance(sp, dict) else None)
 
 
 def check_manifest(m: dict, where: str) -> dict:
@@ -113,8 +119,8 @@ def check_manifest(m: dict, where: str) -> dict:
     _ints(sp["timesteps"], where, "sampler timesteps", 0, n_train - 1, max_len=limit("steps"))
     if "kept_steps" in sp:
         _ints(sp["kept_steps"], where, "sampler kept_steps", 0, max(steps, len(sp["timesteps"])) - 1, max_len=limit("steps"))
-    if m.get("covered_timesteps") is not None:
-        _ints(m["covered_timesteps"], where, "covered_timesteps", 0, n_train - 1, max_len=n_train)
+    if covered_of(m) is not None:
+        _ints(covered_of(m), where, "covered_timesteps", 0, n_train - 1, max_len=n_train)
     if "eta" in sp:
         _num(sp["eta"], where, "sampler eta", 0)
     if "guidance_scale" in sp:
@@ -255,7 +261,7 @@ class RecordSpec:
         self.records = entry["records"]
         self.traj = entry["trajectories"]
         self.kept = set(sp.get("kept_steps") or range(len(sp["timesteps"])))
-        self.covered = m.get("covered_timesteps")
+        self.covered = covered_of(m)
         self.legal = np.array(sorted(legal_steps(m)), dtype=np.int64)
         self.grid = np.array(sp["timesteps"], dtype=np.int64)
         self.n_cond = m["embeddings"]["rows"] if m.get("embeddings") else 0

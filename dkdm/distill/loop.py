@@ -16,6 +16,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from .. import config as cfgmod
+from .. import coverage
 from ..cache.embeddings import read_embeddings
 from ..cache.reader import CacheReader
 from ..config import DistillConfig
@@ -48,7 +49,7 @@ def live_noise_seed(seed: int, rank: int) -> int:
     seeds of cached trajectories: a live pool does not re-walk a cached trajectory, and ranks differ."""
     return int.from_bytes(hashlib.sha256(f"dkdm-live-pool/{seed}/{rank}".encode()).digest()[:4], "big") | (1 << 31)
 
-RESUME_KEYS = ("source", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real")
+RESUME_KEYS = ("source", "sampler", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real")
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -150,10 +151,17 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         sched = getattr(diffusers, m_sched["class"]).from_config(m_sched["config"])
         sched.set_timesteps(reader.manifest["sampler"]["steps"])
         sampler_info, base_sched_cfg = reader.manifest["sampler"], m_sched["config"]
+        # a live pool next to the cache walks the cache's schedule and coverage (old caches: grid)
+        walk_kind, walk_cov = sampler_info["scheduler"], sampler_info.get("coverage", "grid")
     else:
         teacher_cfg = dict(teacher.unet.config)
-        sched = make_scheduler(cfg.sampler, teacher.scheduler_config)
-        sampler_info, base_sched_cfg = cfgmod.to_dict(cfg.sampler), teacher.scheduler_config
+        walk = coverage.sampler_for(cfg.sampler, int(teacher.scheduler_config.get("num_train_timesteps", 1000)))
+        sched = make_scheduler(walk, teacher.scheduler_config)
+        sampler_info, base_sched_cfg = cfgmod.to_dict(walk), teacher.scheduler_config
+        walk_kind, walk_cov = walk.scheduler, walk.coverage
+    # sample grids and the exported scheduler: a full-chain walk (DDPM over all T) would cost T steps per
+    # image there, so they use the default DDIM sampler instead
+    view_sched = sched if walk_cov != "full" else make_scheduler(cfgmod.SamplerConfig(), base_sched_cfg)
     # the training (DDPM) schedule: noising real images, and the posterior of the KL term
     noise_sched = diffusers.DDPMScheduler.from_config({k: v for k, v in base_sched_cfg.items() if not k.startswith("_")})
     spec = student_spec_for(teacher_cfg, cfg.student)
@@ -176,9 +184,9 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         sources["cache"] = CacheSource(reader, rows["cache"], cfg.shuffle_buffer, cfg.seed, rank, acc.num_processes,
                                        cfg.num_workers, device, on_bad="skip" if cfg.on_bad_shard == "skip" else "error")
     if rows["live"]:
-        pool = TeacherPool(teacher, sched, cfg.sampler.scheduler, cfg.pool, rows["live"], rho=cfg.rho, eta=cfg.sampler.eta,
+        pool = TeacherPool(teacher, sched, walk_kind, cfg.pool, rows["live"], rho=cfg.rho, eta=cfg.sampler.eta,
                            seed=cfg.seed * 1000 + rank, device=device, lazy=True,
-                           noise_seed_base=live_noise_seed(cfg.seed, rank))
+                           noise_seed_base=live_noise_seed(cfg.seed, rank), coverage=walk_cov)
         sources["live"] = PoolSource(pool)
     if rows["real"]:
         images = load_real_images(cfg.real, channels, spec.sample_size)
@@ -259,7 +267,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                     log.write(row)
             bar.update(1, loss=loss, rec_s=rate)
             if cfg.sample_every and done % cfg.sample_every == 0 and acc.is_main_process and not is_latent_cache(reader):
-                save_sample_grid(acc.unwrap_model(student), ema, sched, spec, out / "samples" / f"step-{done:08d}.png", device,
+                save_sample_grid(acc.unwrap_model(student), ema, view_sched, spec, out / "samples" / f"step-{done:08d}.png", device,
                                  cond=emb)
             if _any_rank(acc, stop.set):
                 interrupted = True
@@ -293,11 +301,11 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 "student": student_info}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
         check_finite(final, "the trained student")
-        export_student(final, sched, out / "student", card)
+        export_student(final, view_sched, out / "student", card)
         if is_latent_cache(reader):  # a full StableDiffusionPipeline folder, grid decoded through the VAE
-            export_latent_student(final, sched, reader, teacher, out, device)
+            export_latent_student(final, view_sched, reader, teacher, out, device)
         else:
-            save_sample_grid(final, None, sched, spec, out / "student_samples.png", device, cond=emb)
+            save_sample_grid(final, None, view_sched, spec, out / "student_samples.png", device, cond=emb)
     acc.wait_for_everyone()
     acc.end_training()
     return summary

@@ -1,9 +1,20 @@
-"""DKDM objectives (Xiang et al., CVPR 2025, eq. 6): the student matches the teacher's output."""
+"""DKDM objectives (Xiang et al., CVPR 2025, eq. 6): the student matches the teacher's output.
+
+Units and weights follow the official code (qianlong0502/DKDM, `training_losses_kd`):
+loss = mean (eps_T - eps_S)^2  +  kl_weight * KL(p_T(x_{t-1}|x_t) || p_S(x_{t-1}|x_t)) in bits per dimension,
+kl_weight = 1 per term (IDDPM's RESCALED_MSE scales the term by T/1000 = 1; IDDPM's λ = 0.001 weighs a
+*sum* over all T terms, i.e. 1 per term). The KL is taken at every t, t = 0 included, with the clipped
+posterior log-variance (log β̃_1 at t = 0), as DKDM's `_vb_terms_bpd_kd` does.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+LN2 = math.log(2.0)
 
 
 def eps_mse(student_out: torch.Tensor, teacher_out: torch.Tensor, channels: int) -> torch.Tensor:
@@ -11,35 +22,70 @@ def eps_mse(student_out: torch.Tensor, teacher_out: torch.Tensor, channels: int)
     return F.mse_loss(student_out[:, :channels].float(), teacher_out[:, :channels].float())
 
 
-def _posterior(sched, eps: torch.Tensor, v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
-    """Mean and log-variance of p(x_{t-1}|x_t) from (eps, v) with diffusers' `learned_range` rule.
+def coefficients(betas: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Float64 tables of the forward process (Ho et al. 2020 eq. 7; Nichol & Dhariwal 2021 eq. 15)."""
+    b = betas.detach().to("cpu", torch.float64)
+    a = 1.0 - b
+    ac = torch.cumprod(a, 0)
+    ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
+    post_var = b * (1.0 - ac_prev) / (1.0 - ac)  # β̃_t; β̃_0 = 0
+    # log β̃_0 = -inf: like guided-diffusion, use log β̃_1 at t = 0 ("posterior_log_variance_clipped")
+    post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    return {
+        "log_beta": torch.log(b),
+        "post_log_var": post_log_var,
+        "sqrt_recip_ac": torch.sqrt(1.0 / ac),
+        "sqrt_recipm1_ac": torch.sqrt(1.0 / ac - 1.0),
+        "mean_coef1": b * torch.sqrt(ac_prev) / (1.0 - ac),
+        "mean_coef2": (1.0 - ac_prev) * torch.sqrt(a) / (1.0 - ac),
+    }
 
-    Per-sample t, one training step back (t-1), using the scheduler's own `alphas_cumprod`; the
-    log-variance interpolates log(beta~_t) and log(beta_t) like `DDPMScheduler._get_variance`
-    (Nichol & Dhariwal 2021, eq. 15); the mean is eq. 7 of Ho et al. 2020 with x0 from eps.
-    """
-    ac = sched.alphas_cumprod.to(x_t.device, torch.float32)
+
+_TABLES: dict = {}
+
+
+def _tables(sched) -> dict[str, torch.Tensor]:
+    betas = sched.betas
+    key = (id(sched), betas.data_ptr(), len(betas))
+    if key not in _TABLES:
+        _TABLES.clear()
+        _TABLES[key] = coefficients(betas)
+    return _TABLES[key]
+
+
+def _posterior(sched, eps: torch.Tensor, v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    """Mean and log-variance of p(x_{t-1}|x_t) from (eps, v), `learned_range` rule, per-sample t.
+
+    log-variance = frac·log β_t + (1-frac)·log β̃_t (clipped), frac = (v+1)/2 (Nichol & Dhariwal eq. 15);
+    mean = coef1·x0 + coef2·x_t with x0 from eps, unclipped (Ho et al. eq. 7). Computed in float64."""
+    tab = _tables(sched)
     shape = (-1,) + (1,) * (x_t.dim() - 1)
-    a_t = ac[t].view(shape)
-    a_prev = torch.where(t > 0, ac[(t - 1).clamp(min=0)], torch.ones_like(ac[t])).view(shape)
-    beta = 1 - a_t / a_prev
-    post_var = ((1 - a_prev) / (1 - a_t) * beta).clamp(min=1e-20)
-    frac = (v + 1) / 2
-    log_var = frac * torch.log(beta) + (1 - frac) * torch.log(post_var)
-    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x_t
+    tc = t.detach().to("cpu", torch.long)
+
+    def at(name):
+        return tab[name][tc].to(x_t.device).view(shape)
+
+    x, e, frac = x_t.double(), eps.double(), (v.double() + 1) / 2
+    log_var = frac * at("log_beta") + (1 - frac) * at("post_log_var")
+    x0 = at("sqrt_recip_ac") * x - at("sqrt_recipm1_ac") * e
+    mean = at("mean_coef1") * x0 + at("mean_coef2") * x
     return mean, log_var
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def kl_learned_variance(student_out: torch.Tensor, teacher_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                         sched, channels: int) -> torch.Tensor:
-    """KL(p_T(x_{t-1}|x_t) || p_S(x_{t-1}|x_t)) per dimension, student mean stop-gradiented (IDDPM L_vlb)."""
-    s_eps, s_v = student_out[:, :channels].float(), student_out[:, channels:].float()
-    t_eps, t_v = teacher_out[:, :channels].float(), teacher_out[:, channels:].float()
-    mu_t, lv_t = _posterior(sched, t_eps, t_v, x_t.float(), t)
-    mu_s, lv_s = _posterior(sched, s_eps.detach(), s_v, x_t.float(), t)
-    kl = 0.5 * (lv_s - lv_t + torch.exp(lv_t - lv_s) + (mu_t - mu_s) ** 2 * torch.exp(-lv_s) - 1.0)
-    return kl.mean()
+    """KL(p_T(x_{t-1}|x_t) || p_S(x_{t-1}|x_t)) in bits per dimension, batch mean; the student's mean is
+    stop-gradiented, so the term trains only its variance (IDDPM's L_vlb trick, DKDM `_vb_terms_bpd_kd`)."""
+    s_eps, s_v = student_out[:, :channels], student_out[:, channels:]
+    t_eps, t_v = teacher_out[:, :channels], teacher_out[:, channels:]
+    mu_t, lv_t = _posterior(sched, t_eps, t_v, x_t, t)
+    mu_s, lv_s = _posterior(sched, s_eps.detach(), s_v, x_t, t)
+    return (normal_kl(mu_t, lv_t, mu_s, lv_s).mean() / LN2).float()
 
 
 def feature_terms(student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> list[torch.Tensor]:

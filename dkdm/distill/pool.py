@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import coverage as cov
 from ..errors import DkdmError
 from ..sampling import initial_noise
 from ..schedulers import SINGLE_STEP, step_mixed
@@ -23,7 +24,7 @@ VARIANTS = ("iterative", "shuffled", "dynamic")
 class TeacherPool:
     def __init__(self, teacher, sched, sampler_kind: str, variant: str, batch_size: int, rho: float = 0.4,
                  eta: float = 0.0, seed: int = 0, device="cpu", init_batch: int = 256, lazy: bool = False,
-                 noise_seed_base: int | None = None):
+                 noise_seed_base: int | None = None, coverage: str = "grid"):
         if variant not in VARIANTS:
             raise DkdmError(f"unknown pool variant {variant!r}; choose one of {VARIANTS}")
         if sampler_kind not in SINGLE_STEP:
@@ -32,6 +33,8 @@ class TeacherPool:
         self.device, self.init_batch = device, init_batch
         self.timesteps = torch.as_tensor([int(t) for t in sched.timesteps], dtype=torch.long)
         self.T = len(self.timesteps)
+        self.coverage, self.T_train = coverage, int(sched.config.num_train_timesteps)
+        cov.check(coverage)
         size = batch_size if variant != "dynamic" else max(batch_size, int(round(rho * self.T * batch_size)))
         self.size = size
         self.next_seed = seed * 2**32
@@ -43,10 +46,20 @@ class TeacherPool:
             self.idx = torch.zeros(size, dtype=torch.long)
         else:  # uniformly spread step indices
             self.idx = (torch.arange(size) * self.T // size).long()
+        # per-member shift of the grid (coverage 'offsets'): a trajectory keeps its shift until it restarts
+        self.shift = self._shifts(0, size)
+        self.started = size
         self.x = None
         self.teacher_forwards = 0
         if not lazy:
             self.build()
+
+    def _shifts(self, first: int, n: int) -> torch.Tensor:
+        return cov.shifts(self.coverage, self.timesteps, self.T_train, range(first, first + n))
+
+    def t_of(self, members: torch.Tensor) -> torch.Tensor:
+        """Current training timestep of the given members."""
+        return self.timesteps[self.idx[members]] + self.shift[members]
 
     def build(self) -> None:
         self.x = self._fresh(self.size)
@@ -54,15 +67,17 @@ class TeacherPool:
 
     def seed_from(self, records) -> int:
         """Fill the pool from (x_t, t, target) cache records of the same schedule: no teacher steps spent."""
-        pos = {int(t): i for i, t in enumerate(self.timesteps)}
-        xs, idx = [], []
+        pos = {int(t) + int(s): (i, int(s)) for i, t in enumerate(self.timesteps)
+               for s in cov.offsets_used(self.coverage, self.timesteps, self.T_train)}
+        xs, idx, shift = [], [], []
         for x, t, *_ in records:
             for xi, ti in zip(x, t.view(-1).tolist()):
                 if ti not in pos:
-                    raise DkdmError(f"cache record at t={ti} is not on the live schedule {self.timesteps.tolist()}; "
-                                    "seed the pool from a cache generated with the same sampler")
+                    raise DkdmError(f"cache record at t={ti} is not among the live pool's timesteps (grid {self.timesteps.tolist()}, "
+                                    f"coverage {self.coverage}); seed the pool from a cache generated with the same sampler and coverage")
                 xs.append(xi)
-                idx.append(pos[ti])
+                idx.append(pos[ti][0])
+                shift.append(pos[ti][1])
                 if len(xs) == self.size:
                     break
             if len(xs) == self.size:
@@ -71,6 +86,7 @@ class TeacherPool:
             raise DkdmError(f"the cache gave {len(xs)} records, fewer than the pool's {self.size}")
         self.x = torch.stack(xs).float().to(self.device)
         self.idx = torch.as_tensor(idx, dtype=torch.long)
+        self.shift = torch.as_tensor(shift, dtype=torch.long)
         if self.variant == "iterative":  # lock-step: everyone at the step of the first record
             self.idx[:] = self.idx[0]
             self.x = self._fresh(self.size)
@@ -96,10 +112,10 @@ class TeacherPool:
                 active = (cur[sl] < target[sl]).nonzero(as_tuple=True)[0] + lo
                 if len(active) == 0:
                     break
-                t = self.timesteps[cur[active]].to(self.device)
+                t = (self.timesteps[cur[active]] + self.shift[active]).to(self.device)
                 out = self.teacher(self.x[active], t)
                 self.teacher_forwards += len(active)
-                self.x[active] = step_mixed(self.sched, out, t, self.x[active], eta=self.eta)
+                self.x[active] = step_mixed(self.sched, out, t, self.x[active], eta=self.eta, guided_ddim=True)
                 cur[active] += 1
 
     @torch.no_grad()
@@ -113,21 +129,24 @@ class TeacherPool:
             sel = torch.arange(self.size)
         sel_d = sel.to(self.device)
         x = self.x[sel_d]
-        t = self.timesteps[self.idx[sel]].to(self.device)
+        t = self.t_of(sel).to(self.device)
         out = self.teacher(x, t)  # the last teacher call of a draw: feature taps see exactly this batch
         self.teacher_forwards += len(sel)
-        self.x[sel_d] = step_mixed(self.sched, out, t, x, eta=self.eta)
+        self.x[sel_d] = step_mixed(self.sched, out, t, x, eta=self.eta, guided_ddim=True)
         self.idx[sel] += 1
         done = sel[self.idx[sel] >= self.T]
         if len(done):  # finished trajectories restart from fresh noise
             self.x[done.to(self.device)] = self._fresh(len(done))
             self.idx[done] = 0
+            self.shift[done] = self._shifts(self.started, len(done))
+            self.started += len(done)
         return x, t, out
 
     def state_dict(self) -> dict:
         if self.x is None:
             self.build()
-        return {"x": self.x.cpu(), "idx": self.idx, "gen": self.gen.get_state(),
+        return {"x": self.x.cpu(), "idx": self.idx, "shift": self.shift, "started": torch.tensor(self.started),
+                "gen": self.gen.get_state(),
                 "next_seed": torch.tensor(self.next_seed, dtype=torch.long),
                 **({"noise_gen": self.noise_gen.get_state()} if self.noise_gen is not None else {}),
                 "teacher_forwards": torch.tensor(self.teacher_forwards, dtype=torch.long)}
@@ -137,6 +156,8 @@ class TeacherPool:
             raise DkdmError(f"checkpointed pool holds {state['x'].shape[0]} samples, this run's pool {self.size}")
         self.x = state["x"].to(self.device)
         self.idx = state["idx"].clone()
+        if "shift" in state:
+            self.shift, self.started = state["shift"].clone(), int(state["started"])
         self.gen.set_state(state["gen"])
         self.next_seed = int(state["next_seed"])
         if self.noise_gen is not None:

@@ -1,0 +1,122 @@
+"""The KL term against values derived by hand from the formulas, per element in float64 Python math:
+Ho et al. 2020 eq. 7 (posterior mean), Nichol & Dhariwal 2021 eq. 15 (learned-range variance), the clipped
+posterior log-variance at t = 0 (guided-diffusion / DKDM), and the unit (bits) and weight (1 per term)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from dkdm.config import DistillConfig
+from dkdm.distill.losses import _posterior, kl_learned_variance
+
+SCHEDULES = ["linear", "squaredcos_cap_v2"]
+
+
+def ref_terms(betas: list[float], t: int, x: float, eps: float, v: float) -> tuple[float, float]:
+    """(mean, log-variance) of p(x_{t-1}|x_t) for one scalar, straight from the papers."""
+    ac = 1.0
+    acs = []
+    for b in betas:
+        ac *= 1.0 - b
+        acs.append(ac)
+    a_t = acs[t]
+    a_prev = acs[t - 1] if t > 0 else 1.0
+    beta = betas[t]
+
+    def post_var(s):  # β̃_s = β_s (1 - ᾱ_{s-1}) / (1 - ᾱ_s)
+        prev = acs[s - 1] if s > 0 else 1.0
+        return betas[s] * (1 - prev) / (1 - acs[s])
+
+    log_post = math.log(post_var(t if t > 0 else 1))  # clipped: β̃_0 = 0, use β̃_1
+    frac = (v + 1) / 2
+    log_var = frac * math.log(beta) + (1 - frac) * log_post
+    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    mean = math.sqrt(a_prev) * beta / (1 - a_t) * x0 + math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t) * x
+    return mean, log_var
+
+
+def ref_kl_bits(m1, lv1, m2, lv2) -> float:
+    nats = 0.5 * (-1 + lv2 - lv1 + math.exp(lv1 - lv2) + (m1 - m2) ** 2 * math.exp(-lv2))
+    return nats / math.log(2)
+
+
+def sched_of(kind: str) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=kind, variance_type="learned_range")
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+def test_posterior_and_kl_match_hand_derived_values_at_t0_t1_and_last(kind):
+    sched = sched_of(kind)
+    betas = [float(b) for b in sched.betas.double()]
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 1, 2, 500, 998, 999])
+    n = len(t)
+    x = torch.randn(n, 1, 2, 2, generator=g)
+    teacher = torch.cat([torch.randn(n, 1, 2, 2, generator=g), torch.rand(n, 1, 2, 2, generator=g) * 2 - 1], 1)
+    student = torch.cat([torch.randn(n, 1, 2, 2, generator=g), torch.rand(n, 1, 2, 2, generator=g) * 2 - 1], 1)
+    mean, log_var = _posterior(sched, teacher[:, :1], teacher[:, 1:], x, t)
+    total = 0.0
+    for i, ti in enumerate(t.tolist()):
+        for j in range(4):
+            h, w = divmod(j, 2)
+            xs, te, tv = float(x[i, 0, h, w]), float(teacher[i, 0, h, w]), float(teacher[i, 1, h, w])
+            m_ref, lv_ref = ref_terms(betas, ti, xs, te, tv)
+            assert float(mean[i, 0, h, w]) == pytest.approx(m_ref, rel=1e-9, abs=1e-9), (kind, ti)
+            assert float(log_var[i, 0, h, w]) == pytest.approx(lv_ref, rel=1e-9, abs=1e-9), (kind, ti)
+            ms, lvs = ref_terms(betas, ti, xs, float(student[i, 0, h, w]), float(student[i, 1, h, w]))
+            total += ref_kl_bits(m_ref, lv_ref, ms, lvs)
+    kl = kl_learned_variance(student, teacher, x, t, sched, 1)
+    assert float(kl) == pytest.approx(total / (4 * n), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+def test_kl_at_t0_is_finite_and_of_the_same_order_as_t1(kind):
+    """The old rule took log(max(β̃_0, 1e-20)) at t = 0: KL ~ 1e9-1e13. Clipped, t = 0 is an ordinary term."""
+    sched = sched_of(kind)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, 4, 4, generator=g)
+    teacher = torch.cat([torch.randn(2, 1, 4, 4, generator=g), torch.rand(2, 1, 4, 4, generator=g) * 2 - 1], 1)
+    student = teacher.clone()
+    student[:, 1:] = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1
+    kl0 = float(kl_learned_variance(student, teacher, x, torch.tensor([0, 0]), sched, 1))
+    kl1 = float(kl_learned_variance(student, teacher, x, torch.tensor([1, 1]), sched, 1))
+    assert math.isfinite(kl0) and 0 < kl0 < 10 * kl1 + 1
+    old = old_kl_nats(student, teacher, x, torch.tensor([0, 0]), sched)
+    assert old > 1e6  # the bug, reproduced
+
+
+def old_kl_nats(student, teacher, x, t, sched) -> float:
+    """dkdm ≤ 0.2's KL (float32, log(max(β̃_t, 1e-20)), nats) — kept here only to reproduce the findings."""
+    def post(eps, v):
+        ac = sched.alphas_cumprod.float()
+        a_t = ac[t].view(-1, 1, 1, 1)
+        a_prev = torch.where(t > 0, ac[(t - 1).clamp(min=0)], torch.ones_like(ac[t])).view(-1, 1, 1, 1)
+        beta = 1 - a_t / a_prev
+        pv = ((1 - a_prev) / (1 - a_t) * beta).clamp(min=1e-20)
+        frac = (v + 1) / 2
+        lv = frac * torch.log(beta) + (1 - frac) * torch.log(pv)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        return a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * x, lv
+    mt, lt = post(teacher[:, :1], teacher[:, 1:])
+    ms, ls = post(student[:, :1], student[:, 1:])
+    return float((0.5 * (ls - lt + torch.exp(lt - ls) + (mt - ms) ** 2 * torch.exp(-ls) - 1.0)).mean())
+
+
+def test_default_weight_makes_the_kl_term_1443x_stronger_than_before():
+    """Old: 0.001 x nats; now: 1 x bits (DKDM: per-term weight 1). For t >= 1 the values agree times ln 2
+    (to float32 precision of the old tables: β_t = 1 - ᾱ_t/ᾱ_{t-1} near t = T-1 loses ~1e-3)."""
+    sched = sched_of("squaredcos_cap_v2")
+    g = torch.Generator().manual_seed(2)
+    t = torch.tensor([1, 40, 400, 999])
+    x = torch.randn(4, 1, 4, 4, generator=g)
+    teacher = torch.cat([torch.randn(4, 1, 4, 4, generator=g), torch.rand(4, 1, 4, 4, generator=g) * 2 - 1], 1)
+    student = torch.cat([teacher[:, :1], torch.rand(4, 1, 4, 4, generator=g) * 2 - 1], 1)
+    bits = float(kl_learned_variance(student, teacher, x, t, sched, 1))
+    nats_old = old_kl_nats(student, teacher, x, t, sched)
+    assert bits * math.log(2) == pytest.approx(nats_old, rel=3e-3)
+    ratio = DistillConfig().kl_weight * bits / (0.001 * nats_old)
+    assert ratio == pytest.approx(1 / (0.001 * math.log(2)), rel=3e-3)  # 1442.7
