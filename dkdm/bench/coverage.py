@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..runtime import atomic_write_bytes, atomic_write_json
+from ..runtime import atomic_write_json
 
 MODELS = {"teacher": "teacher", "student-grid": "grid (25 timesteps)", "student-offsets": "offsets (all 1000)"}
 
@@ -53,12 +53,7 @@ def table(data: dict) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..figures import plt, save_figure
 
     settings = sorted({(p["scheduler"], p["steps"]) for p in data["points"]})
     labels = [f"{k}-{s}" for k, s in settings]
@@ -72,10 +67,7 @@ def plot(data: dict, path: Path) -> None:
     ax.set_ylabel("FID vs real digits (digits features) ↓")
     ax.set_title("Students distilled from DDIM-25 caches: grid vs offsets coverage")
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def main(argv: list[str]) -> None:

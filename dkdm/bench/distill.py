@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import re
 import time
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from ..config import DistillConfig
 from ..distill.pool import TeacherPool
 from ..distill.sources import CacheSource, MemorySource, PoolSource
 from ..distill.trainer import Batch, StudentTrainer
-from ..runtime import accelerator, atomic_write_bytes, positive
+from .markdown import replace_section
+from ..runtime import accelerator, positive
 from ..schedulers import make_scheduler
 from ..students import build_unet, count_params, student_spec_for
 from ..teacher import load_teacher
@@ -120,9 +120,4 @@ def render(res: dict, command: str) -> str:
 
 
 def write_section(md: str | Path, section: str) -> None:
-    """Replace (or append) our section; other sections of the file are left as they are."""
-    path = Path(md)
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
-    atomic_write_bytes(path, text.encode())
+    replace_section(md, SECTION, section)

@@ -21,7 +21,7 @@ import httpx
 import torch
 
 from ..errors import DkdmError
-from ..runtime import atomic_write_bytes
+from .markdown import replace_section
 
 SECTION = "## Serve"
 
@@ -199,9 +199,4 @@ def render(res: dict, json_path: str) -> str:
 
 
 def write_section(md: str | Path, section: str) -> None:
-    """Replace (or append) the Serve section; the rest of the file is left as it is."""
-    path = Path(md)
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
-    atomic_write_bytes(path, text.encode())
+    replace_section(md, SECTION, section)

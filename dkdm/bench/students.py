@@ -64,12 +64,7 @@ def render(data: dict, png: str) -> str:
 
 
 def plot(data: dict, path: Path) -> None:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..figures import plt, save_figure
 
     rows = data["rows"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -92,10 +87,7 @@ def plot(data: dict, path: Path) -> None:
     b.set_title("quality vs speed at equal steps")
     b.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, tight=False)
 
 
 def main(runs: str, prefix: str, *evals: str) -> None:

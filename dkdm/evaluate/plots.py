@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -11,17 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..runtime import atomic_write_bytes  # noqa: E402
+from ..figures import save_figure  # noqa: E402
 
 MARKERS = {"ddpm": "o", "ddim": "s", "dpm++": "^", "euler": "D"}
 STYLES = {"ddpm": ":", "ddim": "-", "dpm++": "--", "euler": "-."}
 
 
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+_save = save_figure
 
 
 def _colors(models):

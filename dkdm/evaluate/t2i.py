@@ -21,7 +21,6 @@ from ..runtime import atomic_write_bytes, atomic_write_json, pick_device, positi
 from ..schedulers import stable_scheduler
 from ..teacher import load_teacher
 from . import energy as energymod
-from . import metrics
 from .models import student_name
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
