@@ -69,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 100
+    vlb_weight: float = 1.0  # learned-variance models: weight of the variational-bound term in bits/dim (IDDPM hybrid)
 
 
 @dataclass

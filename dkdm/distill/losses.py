@@ -58,18 +58,43 @@ def _posterior(sched, eps: torch.Tensor, v: torch.Tensor, x_t: torch.Tensor, t: 
 
     log-variance = frac·log β_t + (1-frac)·log β̃_t (clipped), frac = (v+1)/2 (Nichol & Dhariwal eq. 15);
     mean = coef1·x0 + coef2·x_t with x0 from eps, unclipped (Ho et al. eq. 7). Computed in float64."""
-    tab = _tables(sched)
-    shape = (-1,) + (1,) * (x_t.dim() - 1)
-    tc = t.detach().to("cpu", torch.long)
-
-    def at(name):
-        return tab[name][tc].to(x_t.device).view(shape)
-
+    at = _lookup(sched, x_t, t)
     x, e, frac = x_t.double(), eps.double(), (v.double() + 1) / 2
     log_var = frac * at("log_beta") + (1 - frac) * at("post_log_var")
     x0 = at("sqrt_recip_ac") * x - at("sqrt_recipm1_ac") * e
     mean = at("mean_coef1") * x0 + at("mean_coef2") * x
     return mean, log_var
+
+
+def _lookup(sched, x_t: torch.Tensor, t: torch.Tensor):
+    """name -> that float64 table at each sample's t, shaped to broadcast over x_t."""
+    tab = _tables(sched)
+    shape = (-1,) + (1,) * (x_t.dim() - 1)
+    tc = t.detach().to("cpu", torch.long)
+    return lambda name: tab[name][tc].to(x_t.device).view(shape)
+
+
+def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """-log p(x0) of 8-bit data (bins of width 2/255 in [-1, 1], open-ended edge bins) under N(mean, e^log_var),
+    elementwise, in nats: the t = 0 decoder term of the variational bound (Ho et al. 2020, sec. 3.3)."""
+    x, inv_std = x0.double(), torch.exp(-0.5 * log_var)
+    upper = torch.special.ndtr(inv_std * (x - mean + 1.0 / 255))
+    lower = torch.special.ndtr(inv_std * (x - mean - 1.0 / 255))
+    prob = torch.where(x < -0.999, upper, torch.where(x > 0.999, 1.0 - lower, upper - lower))
+    return -torch.log(prob.clamp(min=1e-12))
+
+
+def vlb_term(model_out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sched, channels: int) -> torch.Tensor:
+    """L_t of the variational bound in bits per dimension, batch mean, for training a learned-variance model on
+    data (IDDPM's hybrid loss): KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t ≥ 1, the decoder NLL at t = 0. The
+    model's mean is stop-gradiented, so the term trains only the variance (the eps MSE trains the mean)."""
+    mean_p, lv_p = _posterior(sched, model_out[:, :channels].detach(), model_out[:, channels:], x_t, t)
+    at = _lookup(sched, x_t, t)
+    mean_q = at("mean_coef1") * x0.double() + at("mean_coef2") * x_t.double()
+    kl = normal_kl(mean_q, at("post_log_var"), mean_p, lv_p)
+    nll = discretized_gaussian_nll(x0, mean_p, lv_p)
+    per_dim = torch.where((t == 0).view((-1,) + (1,) * (x_t.dim() - 1)).to(x_t.device), nll, kl)
+    return (per_dim.mean() / LN2).float()
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
