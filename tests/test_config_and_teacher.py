@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dkdm.config import Recipe, load_recipe
+from dkdm.config import PIPELINES_DIR, Recipe, load_recipe
 from dkdm.errors import DkdmError
 from dkdm.teacher import fingerprint, load_teacher
 
@@ -66,3 +66,10 @@ def test_folder_without_model_is_refused(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(DkdmError, match="neither unet/"):
         load_teacher(str(tmp_path))
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in PIPELINES_DIR.glob("*.toml")))
+def test_every_shipped_recipe_loads_into_typed_configs(recipe):
+    """A typo in a committed recipe (unknown key, wrong type) fails here, not on a user's GPU box."""
+    r = load_recipe(recipe)
+    assert r.distill.steps > 0 and r.generate.trajectories > 0
