@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 for c in grid offsets; do
   echo "[$(date -u +%T)] generate $c"
-  $PY -m dkdm.cli generate --recipe digits --trajectories "$TRAJ" --coverage $c --out "$OUT/cache-$c" --quiet
+  $PY -m dkdm.cli generate --recipe digits --steps 25 --trajectories "$TRAJ" --coverage $c --out "$OUT/cache-$c" --quiet
 done
 for c in grid offsets; do
   echo "[$(date -u +%T)] distill $c"
