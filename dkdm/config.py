@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DkdmError
-
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+from .recipes import CHECKOUT_DIR as PIPELINES_DIR, resolve_data_file, resolve_recipe
 
 
 @dataclass
@@ -193,13 +192,8 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
 
 
 def resolve_recipe_path(recipe: str | Path) -> Path:
-    """A recipe is a TOML path, or a bare name looked up in `pipelines/`."""
-    p = Path(recipe)
-    if p.suffix != ".toml" and not p.exists():
-        p = PIPELINES_DIR / f"{recipe}.toml"
-    if not p.is_file():
-        raise DkdmError(f"recipe {recipe!r} not found (a .toml path, or a name in {PIPELINES_DIR})")
-    return p
+    """A recipe is a TOML path, or a bare name of a shipped recipe (dkdm/recipes.py)."""
+    return resolve_recipe(recipe)
 
 
 def load_recipe(recipe: str | Path | None) -> Recipe:
@@ -212,7 +206,8 @@ def load_recipe(recipe: str | Path | None) -> Recipe:
         raise DkdmError(f"recipe {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise DkdmError(f"recipe {path} is not valid TOML: {exc}") from exc
-    return from_dict(Recipe, data)
+    r = from_dict(Recipe, data)
+    return dataclasses.replace(r, generate=dataclasses.replace(r.generate, prompts=resolve_data_file(r.generate.prompts)))
 
 
 def override(cfg: Any, **changes: Any) -> Any:

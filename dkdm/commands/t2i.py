@@ -22,13 +22,6 @@ def _floats(text: Optional[str], what: str) -> list[float]:
         raise DkdmError(f"{what} takes numbers separated by commas, got {text!r}") from exc
 
 
-def prompts_file(path: str) -> str:
-    """A recipe's prompts path is relative to the repository (pipelines/...): find it from any directory."""
-    if path and not Path(path).exists() and (cfgmod.PIPELINES_DIR.parent / path).is_file():
-        return str(cfgmod.PIPELINES_DIR.parent / path)
-    return path
-
-
 def evaluate_t2i_cmd(
     student: List[str] = typer.Option([], "--student", help="Student pipeline folder(s) from `dkdm distill`; repeat."),
     recipe: Optional[str] = typer.Option(None, help="TOML recipe (path, or name in pipelines/); flags override it."),
@@ -56,7 +49,7 @@ def evaluate_t2i_cmd(
     cfg = cfgmod.override(r.evaluate, students=list(student), teacher=teacher, out=out, num_samples=num_samples,
                           batch_size=batch_size, seed=seed, device=device, reference=reference, speed_repeats=speed_repeats)
     cfg = cfgmod.override(cfg, sampler=cfgmod.override(cfg.sampler, scheduler=scheduler, steps=steps))
-    prompts = prompts or prompts_file(r.generate.prompts)
+    prompts = prompts or r.generate.prompts
     if not prompts:
         raise DkdmError("give --prompts FILE (one prompt per line) or a recipe whose [generate] names prompts")
     g = guidance_scale if guidance_scale is not None else r.generate.guidance_scale
@@ -74,7 +67,7 @@ def run_t2i_demo(out: str | Path, recipe: str, progress: bool = True, log=print)
 
     out = Path(out)
     r = cfgmod.load_recipe(recipe)
-    gen_cfg = dataclasses.replace(r.generate, out=str(out / "cache"), prompts=prompts_file(r.generate.prompts))
+    gen_cfg = dataclasses.replace(r.generate, out=str(out / "cache"), prompts=r.generate.prompts)
     dis_cfg = dataclasses.replace(r.distill, out=str(out), cache=str(out / "cache"), source="cache")
     ev_cfg = dataclasses.replace(r.evaluate, out=str(out), students=[str(out / "student")])
     t0 = time.time()
