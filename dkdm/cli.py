@@ -12,6 +12,7 @@ import typer
 
 from . import config as cfgmod
 from .errors import DkdmError, Interrupted
+from .extras import missing_extra
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Data-free knowledge distillation of diffusion models.")
@@ -43,9 +44,9 @@ def friendly(fn):
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
             raise typer.Exit(130)
-        except (DkdmError, OSError, MemoryError) as exc:
-            if debugging():
-                raise
+        except (DkdmError, OSError, MemoryError, ImportError) as exc:
+            if debugging() or (isinstance(exc, ImportError) and missing_extra(exc) is None):
+                raise  # a missing core module is a broken install or a bug: keep its traceback
             typer.secho(f"error: {one_line(exc)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
 
@@ -55,6 +56,8 @@ def friendly(fn):
 def one_line(exc: BaseException) -> str:
     if isinstance(exc, DkdmError):
         return " ".join(str(exc).split())
+    if isinstance(exc, ImportError):
+        return missing_extra(exc)
     if isinstance(exc, MemoryError):
         return "out of memory; use smaller sizes (--batch-size, --trajectories)"
     if isinstance(exc, OSError) and exc.filename is not None:  # PermissionError, FileNotFoundError, ENOSPC...

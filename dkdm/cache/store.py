@@ -10,6 +10,7 @@ from pathlib import Path
 import fsspec
 
 from ..errors import DkdmError
+from ..extras import install_hint
 from ..runtime import atomic_write_bytes, chmod_default
 
 PART = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.\-]*$")
@@ -23,7 +24,11 @@ class Store:
         self.url = str(url).rstrip("/")
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        except (ImportError, ValueError) as exc:
+        except ImportError as exc:  # fsspec's "Install s3fs to access S3" carries no module name
+            protocol = self.url.split("://")[0] if "://" in self.url else ""
+            raise DkdmError(install_hint("s3fs", f"cache location {self.url!r}") if protocol in ("s3", "s3a")
+                            else f"cannot open cache location {self.url!r}: {exc}") from exc
+        except ValueError as exc:
             raise DkdmError(f"cannot open cache location {self.url!r}: {exc}") from exc
         self.local = self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else ())
 

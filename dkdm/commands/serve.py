@@ -47,7 +47,12 @@ def serve(
 ):
     """Serve models over HTTP: POST /v1/generate, GET /v1/models /healthz /metrics, and a web page at /."""
     import torch
-    import uvicorn
+
+    from ..extras import require
+
+    for module in ("starlette", "prometheus_client"):
+        require(module, "dkdm serve")
+    uvicorn = require("uvicorn", "dkdm serve")
 
     from ..evaluate.energy import open_counter
     from ..serve.app import build_app
@@ -80,6 +85,9 @@ def bench_serve(
     md: Optional[str] = typer.Option("docs/benchmarks.md", help="Markdown file whose 'Serve' section is (re)written."),
 ):
     """Load test on loopback: teacher vs student, batching on and off, 1/4/16 clients; images/s, p50/p95/p99, errors, RSS."""
+    from ..extras import require
+
+    require("httpx", "dkdm bench serve")
     from ..bench.serve import bench_serve as run, render, write_section
     from ..runtime import atomic_write_json
 

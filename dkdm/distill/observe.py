@@ -9,6 +9,7 @@ import torch
 
 from .. import config as cfgmod
 from ..errors import DkdmError
+from ..extras import install_hint
 from ..imaging import grid, save_png
 from ..sampling import sample, unet_fn
 
@@ -43,7 +44,7 @@ def use_tensorboard(cfg) -> bool:
 
     installed = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
     if cfg.tracker == "tensorboard" and not installed:
-        raise DkdmError("--tracker tensorboard needs the tensorboard package: pip install tensorboard")
+        raise DkdmError(install_hint("tensorboard", "--tracker tensorboard"))
     if cfg.tracker not in ("auto", "tensorboard", "none"):
         raise DkdmError(f"unknown --tracker {cfg.tracker!r}; choose auto, tensorboard or none")
     return cfg.tracker == "tensorboard" or (cfg.tracker == "auto" and installed)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from ..extras import install_hint
+
 RAPL_ROOT = Path("/sys/class/powercap")
 
 
@@ -63,7 +65,7 @@ def open_counter(device, rapl_root: Path = RAPL_ROOT):
             c.start()
             return c, None
         except ImportError:
-            return None, "pynvml not installed (pip install nvidia-ml-py)"
+            return None, install_hint("pynvml", "the GPU energy counter")
         except Exception as exc:  # NVMLError_NotSupported on pre-Volta GPUs, no driver access...
             return None, f"NVML energy counter not readable: {exc}"
     domains = rapl_domains(rapl_root)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DkdmError
+from ..extras import require
 from ..imaging import to_uint8
 from ..progress import progress_bar
 
@@ -61,8 +62,8 @@ class InceptionFeatures:
     """clean-fid's 'clean' mode: uint8 images, PIL bicubic resize to 299x299 in float, Inception pool3 (2048-d)."""
 
     def __init__(self, path: str | None = None, device="cpu", sha256: str = INCEPTION_SHA256):
-        from cleanfid.inception_torchscript import InceptionV3W  # no torchvision needed (unlike cleanfid.fid)
-        from cleanfid.resize import build_resizer
+        InceptionV3W = require("cleanfid.inception_torchscript", "--features inception").InceptionV3W  # no torchvision
+        build_resizer = require("cleanfid.resize", "--features inception").build_resizer  # (unlike cleanfid.fid)
 
         weights = resolve_inception_path(path)
         verify_sha256(weights, sha256)
