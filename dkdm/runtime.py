@@ -73,8 +73,9 @@ def accelerator(**kw):
     Accelerator with other settings (e.g. bf16 after fp32) in the same Python process, as in a notebook
     or a test session; dropping that state (not the distributed setup) lets each run choose its own."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=False)
+    from .compat import reset_accelerator_state
+
+    reset_accelerator_state()
     return Accelerator(**kw)
 

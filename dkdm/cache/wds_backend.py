@@ -15,8 +15,8 @@ from typing import Iterator
 
 import numpy as np
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from ..compat import tar_samples
 from ..errors import BadShardError
 from . import records as rec
 from .limits import limit
@@ -116,7 +116,7 @@ def iter_shard_blocks(data: bytes, where: str, spec: RecordSpec | None = None) -
     """The record blocks of a tar shard held in memory, each checked against `spec` (from the manifest)."""
     data = plain_tar(data, spec, where)
     try:
-        samples = group_by_keys(tar_file_expander([{"url": where, "stream": io.BytesIO(data)}]))
+        samples = tar_samples(io.BytesIO(data), where)
         for sample in samples:
             block = rec.decode(sample, where, spec)
             if spec is not None:

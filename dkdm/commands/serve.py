@@ -108,3 +108,7 @@ def bench_serve(
     typer.echo(json.dumps(res["summary"], indent=2))
     if res["peak_rss_mb"] > memory_ceiling_mb:
         raise DkdmError(f"server peak RSS {res['peak_rss_mb']:.0f} MB is over the ceiling {memory_ceiling_mb:.0f} MB")
+
+
+def register(app: typer.Typer, friendly) -> None:
+    app.command("serve")(friendly(serve))  # `dkdm bench serve` is registered by commands/bench.py

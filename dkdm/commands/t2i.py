@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from .. import config as cfgmod
 from ..errors import DkdmError
+from .options import EVALUATE_T2I, configured
 
 T2I_RECIPES = {"builtin:digits-t2i": "digits-t2i"}  # demo teachers and the recipe each runs
 
@@ -22,33 +23,21 @@ def _floats(text: Optional[str], what: str) -> list[float]:
         raise DkdmError(f"{what} takes numbers separated by commas, got {text!r}") from exc
 
 
+@configured("evaluate", EVALUATE_T2I)
 def evaluate_t2i_cmd(
-    student: List[str] = typer.Option([], "--student", help="Student pipeline folder(s) from `dkdm distill`; repeat."),
-    recipe: Optional[str] = typer.Option(None, help="TOML recipe (path, or name in pipelines/); flags override it."),
-    teacher: Optional[str] = typer.Option(None, help="Latent text-to-image teacher (builtin:digits-t2i or a pipeline folder)."),
+    cfg,
+    recipe_config,
     prompts: Optional[str] = typer.Option(None, help="Prompts file, one per line (default: the recipe's [generate] prompts)."),
     guidance_scale: Optional[float] = typer.Option(None, help="Classifier-free guidance (default: the recipe's [generate])."),
-    out: Optional[str] = typer.Option(None, help="Report folder."),
-    num_samples: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None),
-    steps: Optional[int] = typer.Option(None),
-    scheduler: Optional[str] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
-    speed_repeats: Optional[int] = typer.Option(None, help="Timed rounds (models take turns in each)."),
     sweep_guidance: Optional[str] = typer.Option(None, help="Also evaluate at these guidance scales, e.g. 1,2,4."),
     sweep_samples: Optional[int] = typer.Option(None, help="Samples per sweep point."),
     clip: str = typer.Option("", help="CLIP model folder: also report CLIP score."),
-    reference: Optional[str] = typer.Option(None, help="auto (digits for 1x16x16) | digits | image folder | .tar | .npz"),
-    device: Optional[str] = typer.Option(None),
     quiet: bool = typer.Option(False),
 ):
     """Teacher vs student pipelines on the same prompts and seeds: adherence, FID/KID, speed (U-Net and end to end)."""
     from ..evaluate.t2i import evaluate_t2i, render
 
-    r = cfgmod.load_recipe(recipe)
-    cfg = cfgmod.override(r.evaluate, students=list(student), teacher=teacher, out=out, num_samples=num_samples,
-                          batch_size=batch_size, seed=seed, device=device, reference=reference, speed_repeats=speed_repeats)
-    cfg = cfgmod.override(cfg, sampler=cfgmod.override(cfg.sampler, scheduler=scheduler, steps=steps))
+    r = recipe_config
     prompts = prompts or r.generate.prompts
     if not prompts:
         raise DkdmError("give --prompts FILE (one prompt per line) or a recipe whose [generate] names prompts")

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ..errors import DkdmError
-from ..extras import require
 from ..imaging import to_uint8
 from ..progress import progress_bar
 
@@ -62,9 +61,9 @@ class InceptionFeatures:
     """clean-fid's 'clean' mode: uint8 images, PIL bicubic resize to 299x299 in float, Inception pool3 (2048-d)."""
 
     def __init__(self, path: str | None = None, device="cpu", sha256: str = INCEPTION_SHA256):
-        InceptionV3W = require("cleanfid.inception_torchscript", "--features inception").InceptionV3W  # no torchvision
-        build_resizer = require("cleanfid.resize", "--features inception").build_resizer  # (unlike cleanfid.fid)
+        from ..compat import clean_fid_parts
 
+        InceptionV3W, build_resizer = clean_fid_parts()  # a missing extra says so before the weights are looked for
         weights = resolve_inception_path(path)
         verify_sha256(weights, sha256)
         # InceptionV3W loads FOLDER/inception-2015-12-05.pt; give it a folder holding that name for any file name.
