@@ -11,25 +11,9 @@ import numpy as np
 import torch
 
 from .errors import DkdmError
+from .teacher import load_teacher, load_vae, resolve_source, vae_info  # noqa: F401  (load_vae: callers import it here)
 
 PIPELINE_PARTS = ("vae", "text_encoder", "tokenizer")  # copied from the teacher next to the student's unet/
-
-
-def load_vae(folder: Path):
-    """The pipeline's vae/ through the safetensors-only loader: a teacher folder may come from another team."""
-    from diffusers import AutoencoderKL
-
-    from .weights import load_unet
-
-    return load_unet(AutoencoderKL, folder, "vae")
-
-
-def vae_info(vae) -> dict:
-    """What a cache of latents depends on: the VAE's weights (fingerprint) and its latent scaling factor."""
-    from .teacher import fingerprint
-
-    return {"class": type(vae).__name__, "fingerprint": fingerprint(vae),
-            "scaling_factor": float(vae.config.scaling_factor), "latent_channels": int(vae.config.latent_channels)}
 
 
 def check_vae(manifest: dict, teacher, where: str) -> None:
@@ -51,8 +35,6 @@ def latent_teacher_of(manifest: dict, teacher, device):
     if "vae" not in manifest.get("teacher", {}):
         return teacher
     if teacher is None:
-        from .teacher import load_teacher
-
         teacher = load_teacher(manifest["teacher"]["source"], device)
     return teacher
 
@@ -122,8 +104,6 @@ def save_decoded_grid(unet, teacher, sched, prompts: list[str], guidance_scale: 
 def add_pipeline_parts(student_dir: str | Path, teacher_source: str) -> Path:
     """Make an exported student folder a full StableDiffusionPipeline: copy the teacher's VAE, text encoder,
     tokenizer (bytes unchanged) and model_index.json next to the student's unet/ and scheduler/."""
-    from .teacher import resolve_source
-
     src, dst = Path(resolve_source(teacher_source)), Path(student_dir)
     for part in PIPELINE_PARTS:
         if not (src / part).is_dir():

@@ -86,10 +86,21 @@ class Teacher:
             d["text_encoder"] = {"class": type(self.text_encoder).__name__, "config": self.text_encoder.config.to_dict()}
             d["tokenizer"] = {"class": type(self.tokenizer).__name__, "model_max_length": self.tokenizer.model_max_length}
         if self.latent:
-            from .latent import vae_info
-
             d["vae"] = vae_info(self.vae)
         return d
+
+
+def load_vae(folder: Path):
+    """A latent teacher's vae/ through the safetensors-only loader: a teacher folder may come from another team."""
+    from diffusers import AutoencoderKL
+
+    return load_unet(AutoencoderKL, folder, "vae")
+
+
+def vae_info(vae) -> dict:
+    """What a cache of latents depends on: the VAE's weights (fingerprint) and its latent scaling factor."""
+    return {"class": type(vae).__name__, "fingerprint": fingerprint(vae),
+            "scaling_factor": float(vae.config.scaling_factor), "latent_channels": int(vae.config.latent_channels)}
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -190,8 +201,6 @@ def load_teacher(source: str, device: torch.device | str = "cpu", dtype: torch.d
         encoder, tokenizer = load_text_parts(Path(where))
         parts = {"unet": unet, "text_encoder": encoder}
         if (Path(where) / "vae").is_dir():  # a latent teacher: records mean something only through its VAE
-            from .latent import load_vae
-
             vae = parts["vae"] = load_vae(Path(where))
         # one id over all networks: a different text encoder makes different records, another VAE other images
         fp = fingerprint(torch.nn.ModuleDict(parts))

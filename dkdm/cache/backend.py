@@ -11,7 +11,8 @@ import torch
 from ..errors import BadShardError, DkdmError
 from . import records as rec
 from . import wds_backend, zarr_backend
-from .manifest import SHARD_DIR, read_manifest
+from .layout import data_present  # noqa: F401  (re-exported: inspect and generate call it here)
+from .manifest import read_manifest
 from .store import Store
 from .validate import RecordSpec
 
@@ -78,13 +79,6 @@ class BackgroundWriter:
 def prepare(store: Store, record: dict, layout: dict) -> None:
     if layout["backend"] == "zarr":
         zarr_backend.create_arrays(store, record, layout)
-
-
-def data_present(store: Store, shard: dict) -> bool:
-    """The data files a sidecar or manifest entry names all exist (a sidecar alone proves nothing)."""
-    if "files" in shard:
-        return all(store.exists(rel) for rel in shard["files"])
-    return store.exists(f"{SHARD_DIR}/{shard['file']}")
 
 
 def check_shard(store: Store, shard: dict, manifest: dict, deep: bool = False) -> str | None:

@@ -11,11 +11,8 @@ import torch
 
 from .. import __version__
 from ..errors import DkdmError
+from .layout import FORMAT, MANIFEST, SHARD_DIR, data_present  # noqa: F401  (re-exported: the cache's names)
 from .store import Store
-
-FORMAT = "dkdm-cache/2"  # v2: tar samples hold record blocks (v1: one record per sample)
-MANIFEST = "manifest.json"
-SHARD_DIR = "shards"
 
 
 def shard_name(index: int) -> str:
@@ -99,8 +96,6 @@ def seal(store: Store, identity: dict | None = None) -> dict:
         if s.get("cache_id") != identity["cache_id"]:
             raise DkdmError(f"shard {s.get('name')} in {store.url} belongs to cache {s.get('cache_id')}, not {identity['cache_id']}: "
                             "it was generated with another teacher or settings; remove it or use another --out")
-    from .backend import data_present  # backend imports this module
-
     complete = [s for s in shards if data_present(store, s)]
     manifest = dict(identity)
     keys = ("index", "name", "file", "records", "bytes", "sha256", "trajectories", "files", "rows")

@@ -20,7 +20,7 @@ from ..compat import tar_samples
 from ..errors import BadShardError
 from . import records as rec
 from .limits import limit
-from .manifest import SHARD_DIR
+from .layout import SHARD_DIR
 from .store import Store
 from .validate import RecordSpec
 

@@ -74,7 +74,7 @@ def load_served(spec: str, device: torch.device, dtype: str = "fp32", compile: b
         raise DkdmError(f"model {source!r} is text-conditioned but has no text encoder")
     vae = None
     if (folder / "vae" / "config.json").is_file():
-        from ..latent import load_vae
+        from ..teacher import load_vae
 
         vae = load_vae(folder).to(device, DTYPES[dtype]).eval().requires_grad_(False)
     if compile:
