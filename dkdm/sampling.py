@@ -8,7 +8,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import schedulers
-from .students.call import model_call  # any student kind: UNet, conditional UNet, DiT
+from .modelcall import model_call  # any denoiser: UNet, conditional UNet, DiT
 
 # callback(step_index, timestep, model_input, model_output) — the hook a trajectory recorder needs
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -71,13 +71,7 @@ def _needs_noise(sched) -> bool:
 def unet_fn(unet, cond: torch.Tensor | None = None) -> Callable:
     """Adapt a UNet2DModel (or a UNet2DConditionModel with fixed prompt embeddings `cond`) to model(x, t) -> output."""
 
-    def f(x, t):
-        dtype = next(unet.parameters()).dtype
-        if not torch.is_tensor(t) or t.dim() == 0:
-            t = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        return model_call(unet, x.to(dtype), t, None if cond is None else cond.to(x.device, dtype)).float()
-
-    return f
+    return lambda x, t: model_call(unet, x, t, cond)
 
 
 @torch.no_grad()

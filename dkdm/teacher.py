@@ -13,6 +13,7 @@ import torch
 from diffusers import UNet2DModel
 
 from .errors import DkdmError
+from .modelcall import model_call
 from .weights import check_finite, load_unet
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
@@ -55,14 +56,9 @@ class Teacher:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher output at (x, t[, prompt embeddings]): eps, or eps and variance channels."""
-        dtype = next(self.unet.parameters()).dtype
-        if not torch.is_tensor(t) or t.dim() == 0:
-            t = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        if self.conditional:
-            if cond is None:
-                raise DkdmError(f"teacher {self.source} is text-conditioned: give prompts (--prompts FILE)")
-            return self.unet(x.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.float()
-        return self.unet(x.to(dtype), t).sample.float()
+        if self.conditional and cond is None:
+            raise DkdmError(f"teacher {self.source} is text-conditioned: give prompts (--prompts FILE)")
+        return model_call(self.unet, x, t, cond if self.conditional else None)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,25 +1,16 @@
-"""One way to call and load every student kind: UNets take (x, t[, prompt embeddings]); a DiT also a class label."""
+"""Load every student kind from its folder (calling them: dkdm/modelcall.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import diffusers
-import torch
 
 from ..errors import DkdmError
+from ..modelcall import model_call  # noqa: F401  (re-exported: the one call adapter, dkdm/modelcall.py)
 from ..weights import load_unet, read_config
 
 LOADABLE = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel")
-
-
-def model_call(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-    """The denoiser's output tensor for any student kind."""
-    if isinstance(model, diffusers.DiTTransformer2DModel):
-        return model(x, timestep=t, class_labels=torch.zeros(x.shape[0], dtype=torch.long, device=x.device)).sample
-    if cond is not None:
-        return model(x, t, encoder_hidden_states=cond).sample
-    return model(x, t).sample
 
 
 def find_model_dir(path: str | Path) -> Path | None:
