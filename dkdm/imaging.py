@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .runtime import atomic_write_bytes
 
@@ -20,15 +20,20 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def grid(images: torch.Tensor, ncol: int | None = None, pad: int = 1, scale: int = 1) -> Image.Image:
+    """diffusers' make_image_grid over the images, each with a white `pad` line right and below, the whole framed;
+    missing cells of the last row are white."""
+    from diffusers.utils import make_image_grid
+
     arr = to_uint8(images)
     n, h, w, c = arr.shape
     ncol = ncol or int(math.ceil(math.sqrt(n)))
     nrow = int(math.ceil(n / ncol))
-    canvas = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
-    for i in range(n):
-        r, q = divmod(i, ncol)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = arr[i]
-    img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    tiles = [Image.fromarray(a[..., 0] if c == 1 else a) for a in arr]
+    white = 255 if c == 1 else (255,) * c
+    cells = [ImageOps.expand(t, border=(0, 0, pad, pad), fill=white) for t in tiles]
+    cells += [Image.new(tiles[0].mode, (w + pad, h + pad), white)] * (nrow * ncol - n)
+    img = ImageOps.expand(make_image_grid(cells, nrow, ncol), border=(pad, pad, 0, 0), fill=(255,) * 3)
+    img = img.convert(tiles[0].mode)  # make_image_grid pastes onto RGB; grayscale stays grayscale
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     return img

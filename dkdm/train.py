@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from . import config as cfgmod
@@ -24,10 +25,6 @@ from .runtime import accelerator, atomic_write_json, positive
 from .sampling import sample, unet_fn
 from .schedulers import make_scheduler
 from .students import build_unet, count_params
-
-
-def warmup_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / max(1, warmup))
 
 
 def train_teacher(cfg: TrainConfig, images: torch.Tensor | None = None, progress: bool = True) -> dict:
@@ -44,7 +41,8 @@ def train_teacher(cfg: TrainConfig, images: torch.Tensor | None = None, progress
     noise_sched = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                 variance_type="learned_range" if learned else "fixed_small")
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(cfg.warmup_steps))
+    # diffusers' warm-up: linear from 0 over warmup_steps, then constant (the step-0 lr is 0, as in its scripts)
+    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.warmup_steps)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay)
     unet, opt = acc.prepare(unet, opt)
     ema.to(acc.device)

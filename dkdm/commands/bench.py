@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .options import DISTILL, configured, pick
+from .options import DISTILL, command, pick
 from .serve import bench_serve
 
 BENCH_DISTILL = pick(DISTILL, "cache", "teacher", "batch_size", "num_workers", "device", required=("cache",),
@@ -18,11 +18,8 @@ BENCH_DISTILL = pick(DISTILL, "cache", "teacher", "batch_size", "num_workers", "
 def register(app: typer.Typer, friendly) -> None:
     bench_app = typer.Typer(no_args_is_help=True, help="Measure the stages: cache writing/reading, distillation.")
     app.add_typer(bench_app, name="bench")
-    bench_app.command("serve")(friendly(bench_serve))
 
-    @bench_app.command("distill")
-    @friendly
-    @configured("distill", BENCH_DISTILL, recipe_default="digits")
+    @command(bench_app, friendly, "distill", BENCH_DISTILL, name="distill", recipe_default="digits")
     def bench_distill_cmd(
         cfg,
         steps: int = typer.Option(100, help="Timed steps per mode and round."),
@@ -55,3 +52,5 @@ def register(app: typer.Typer, friendly) -> None:
         if out:
             atomic_write_json(out, res)
         typer.echo(markdown(res))
+
+    bench_app.command("serve")(friendly(bench_serve))

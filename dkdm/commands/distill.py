@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from .options import DISTILL, configured
+from .options import DISTILL, command
 
 
 def register(app: typer.Typer, friendly) -> None:
-    @app.command()
-    @friendly
-    @configured("distill", DISTILL)
+    @command(app, friendly, "distill", DISTILL)
     def distill(cfg, quiet: bool = typer.Option(False)):
         """Train a smaller student on teacher outputs (DKDM), from a cache, a live teacher, or both."""
         from ..distill.loop import distill as run

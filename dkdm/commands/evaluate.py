@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .options import EVALUATE, configured
+from .options import EVALUATE, command
 
 
 def print_table(report: dict) -> None:
@@ -27,9 +27,7 @@ def print_table(report: dict) -> None:
 
 
 def register(app: typer.Typer, friendly) -> None:
-    @app.command()
-    @friendly
-    @configured("evaluate", EVALUATE)
+    @command(app, friendly, "evaluate", EVALUATE)
     def evaluate(cfg, quiet: bool = typer.Option(False)):
         """Compare teacher and students: FID/KID, fidelity, speed, energy, sweeps; report.json, report.md, PNGs."""
         from ..evaluate.run import evaluate as run

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from .options import GENERATE, configured
+from .options import GENERATE, command
 
 
 def register(app: typer.Typer, friendly) -> None:
-    @app.command()
-    @friendly
-    @configured("generate", GENERATE)
+    @command(app, friendly, "generate", GENERATE)
     def generate(cfg, quiet: bool = typer.Option(False, help="No progress bar.")):
         """Walk teacher trajectories and write them to a synthetic-data cache (resumable, many writers)."""
         from accelerate import PartialState

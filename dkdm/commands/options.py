@@ -113,6 +113,16 @@ def configured(section: str, flags: tuple[Flag, ...], recipe_default: Optional[s
     return decorate
 
 
+def command(app: typer.Typer, friendly, section: str, flags: tuple[Flag, ...], name: Optional[str] = None,
+            recipe_default: Optional[str] = None):
+    """Register `fn(cfg, **own)` as the command `name` (default: fn's name) under the error policy, with its flags."""
+    def decorate(fn):
+        app.command(name)(friendly(configured(section, flags, recipe_default)(fn)))
+        return fn
+
+    return decorate
+
+
 def pick(flags: tuple[Flag, ...], *names: str, required: tuple[str, ...] = (), **helps: Optional[str]) -> tuple[Flag, ...]:
     """Some of a table's flags, by parameter name, for another command that sets the same fields; helps replaced."""
     by = {f.param: f for f in flags}

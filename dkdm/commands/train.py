@@ -6,13 +6,11 @@ from typing import Optional
 
 import typer
 
-from .options import TRAIN, configured
+from .options import TRAIN, command
 
 
 def register(app: typer.Typer, friendly) -> None:
-    @app.command()
-    @friendly
-    @configured("train", TRAIN)
+    @command(app, friendly, "train", TRAIN)
     def train(cfg):
         """Train a diffusion model on real images (digits): the embedded teacher and the data baseline."""
         from ..train import train_teacher

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import DkdmError
 from ..imaging import to_uint8
-from ..progress import progress_bar
 
 # The TorchScript Inception clean-fid (and StyleGAN2-ADA, k-diffusion, torch-fidelity) use. Its sha256 is the
 # digest k-diffusion checks in `k_diffusion/evaluation.py` (InceptionV3FeatureExtractor) for the same URL.
@@ -126,7 +126,7 @@ def load_extractor(spec: str, shape: tuple[int, int, int], inception: str | None
 
 def extract(extractor, images: torch.Tensor, desc: str, batch_size: int = 256, progress: bool = True) -> np.ndarray:
     """Features of many images in batches, with a progress bar."""
-    bar = progress_bar(len(images), f"features {desc}", disable=not progress, unit="img")
+    bar = tqdm(total=len(images), desc=f"features {desc}", disable=not progress, unit="img")
     out = []
     for i in range(0, len(images), batch_size):
         out.append(np.asarray(extractor(images[i:i + batch_size]), dtype=np.float64))

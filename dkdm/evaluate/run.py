@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import config as cfgmod
 from ..config import EvaluateConfig
 from ..errors import DkdmError
 from ..imaging import save_png, side_by_side
-from ..progress import progress_bar
 from ..runtime import atomic_write_bytes, atomic_write_json, pick_device, positive
 from ..sampling import sample_many, unet_fn
 from ..schedulers import KINDS, make_scheduler
@@ -53,7 +53,7 @@ def _check(cfg: EvaluateConfig) -> None:
 
 
 def _sample(name, unet, sched, seeds, shape, cfg, device, progress, eta=None):
-    bar = progress_bar(len(seeds), f"sample {name}", disable=not progress, unit="img")
+    bar = tqdm(total=len(seeds), desc=f"sample {name}", disable=not progress, unit="img")
     imgs = sample_many(unet_fn(unet), sched, seeds, shape, cfg.batch_size, eta=cfg.sampler.eta if eta is None else eta,
                        device=device, progress=bar.update)
     bar.close()

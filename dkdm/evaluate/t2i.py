@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from ..cache.embeddings import read_prompts
 from ..config import EvaluateConfig
 from ..errors import DkdmError
 from ..latent import generate_images, pipeline_with, vae_info
-from ..progress import progress_bar
 from ..runtime import atomic_write_bytes, atomic_write_json, pick_device, positive
 from ..schedulers import stable_scheduler
 from ..teacher import load_teacher
@@ -194,7 +194,7 @@ def evaluate_t2i(cfg: EvaluateConfig, prompts_file: str, guidance_scale: float, 
     ps = [prompts[i % len(prompts)] for i in range(n)]
     seeds = [cfg.seed + i for i in range(n)]
     labels = [digit_named(p) for p in ps]
-    bar = progress_bar(n * len(pipes), "evaluate-t2i", disable=not progress, unit="img")
+    bar = tqdm(total=n * len(pipes), desc="evaluate-t2i", disable=not progress, unit="img")
     images = {k: _images(p, ps, seeds, guidance_scale, steps, cfg.batch_size, bar) for k, p in pipes.items()}
     bar.close()
     shape = tuple(images["teacher"].shape[1:])

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from ..cache.embeddings import read_embeddings
 from ..cache.reader import CacheReader
 from ..errors import DkdmError
-from ..progress import progress_bar
 from ..runtime import atomic_write_bytes, atomic_write_json, pick_device
 from ..teacher import load_teacher
 from .blocks import PRESETS, _normalise, build_blocks_student, expand, removable_parts
@@ -108,7 +108,7 @@ def scan(teacher: str, cache: str, out: str | Path, records: int = 1024, batch_s
         return row
 
     presets = [p for p in PRESETS if _expands(unet, p)]
-    bar = progress_bar(len(parts) + len(presets), "scan", disable=not progress, unit="part")
+    bar = tqdm(total=len(parts) + len(presets), desc="scan", disable=not progress, unit="part")
     rows = {}
     for p in parts + presets:
         rows[p] = measure([p])
