@@ -67,3 +67,24 @@ def test_installed_wheel_resolves_recipes_and_runs_help(wheel, tmp_path):
     res = subprocess.run([str(venv / "bin" / "dkdm"), "generate", "--recipe", "no-such-recipe"], cwd=away, env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "digits-t2i" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_lock_pins_every_declared_dependency():
+    """requirements.lock is regenerated when pyproject changes (scripts/lock.sh): each dependency of the core
+    and of every extra has exactly one pin, torch the CPU 2.13.0 the README promises."""
+    import re
+    import tomllib
+
+    def norm(name):
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {norm(re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0])
+                for req in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]}
+    declared.discard("dkdm")
+    pins = [line.split("==") for line in (REPO / "requirements.lock").read_text().splitlines()
+            if line and not line.startswith((" ", "#"))]
+    assert all(len(p) == 2 for p in pins), [p for p in pins if len(p) != 2]
+    names = [norm(n) for n, _ in pins]
+    assert len(names) == len(set(names)) and declared <= set(names), declared - set(names)
+    assert dict(pins)["torch"] == "2.13.0"
