@@ -52,18 +52,21 @@ class Flag:
         return self.decls[0].split("/")[0] if self.decls else "--" + self.param.replace("_", "-")
 
 
-def field_type(section: type, path: str) -> Any:
-    """The field's scalar type, looked up through nested config dataclasses."""
+def field_type(section: type, path: str, scalar: bool = True) -> Any:
+    """The field's type, looked up through nested config dataclasses: a typo in a table fails at import."""
     *parents, leaf = path.split("__")
     for name in parents:
         section = typing.get_type_hints(section)[name]
-    tp = typing.get_type_hints(section)[leaf]
-    if tp not in (int, float, str, bool):
-        raise TypeError(f"{section.__name__}.{leaf} is {tp}: give its Flag a convert= that parses text")
-    return tp
+    hints = typing.get_type_hints(section)
+    if leaf not in hints:
+        raise TypeError(f"{section.__name__} has no field {leaf!r}")
+    if scalar and hints[leaf] not in (int, float, str, bool):
+        raise TypeError(f"{section.__name__}.{leaf} is {hints[leaf]}: give its Flag a convert= that parses text")
+    return hints[leaf]
 
 
 def parameter(f: Flag, section: type) -> inspect.Parameter:
+    field_type(section, f.field, scalar=not (f.many or f.convert))
     if f.many:
         tp, default = List[str], typer.Option(... if f.required else [], *f.decls, help=f.help, **dict(f.extra))
     else:
@@ -100,15 +103,15 @@ def configured(section: str, flags: tuple[Flag, ...], recipe_default: Optional[s
                   *(p.replace(annotation=hints.get(p.name, p.annotation)) for p in own)]
 
         @functools.wraps(fn)
-        def command(**given):
+        def run(**given):
             r = cfgmod.load_recipe(given.pop("recipe"))
             cfg = cfgmod.override(getattr(r, section), **overrides(flags, given))
             return fn(cfg, **given, **({"recipe_config": r} if wants_recipe else {}))
 
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        del command.__wrapped__  # typer must read the generated signature, not fn's
-        return command
+        run.__signature__ = inspect.Signature(params)
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        del run.__wrapped__  # typer must read the generated signature, not fn's
+        return run
 
     return decorate
 
