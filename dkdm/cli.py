@@ -115,7 +115,7 @@ def generate(
     eta: Optional[float] = typer.Option(None, help="DDIM eta (0 = deterministic)."),
     keep: Optional[str] = typer.Option(None, help="Steps kept as records: all | every:K | first:N | last:N | i,j,k"),
     shard_size: Optional[int] = typer.Option(None, help="Trajectories per shard."),
-    seed: Optional[int] = typer.Option(None, help="Base seed: trajectory i uses seed*2^32+i."),
+    seed: Optional[int] = typer.Option(None, help="Base seed: trajectory i uses noise seed (i + seed*0x9E3779B1) mod 2^31 (docs/cache-format.md)."),
     batch_size: Optional[int] = typer.Option(None, help="Trajectories walked together."),
     dtype: Optional[str] = typer.Option(None, help="Record dtype: float16 | bfloat16 | float32."),
     format: Optional[str] = typer.Option(None, "--format", help="Shard backend: wds (tar shards) | wds-gz (gzipped tar shards) | zarr (trajectories.zarr)."),
@@ -221,7 +221,9 @@ def evaluate(
     batch_size: Optional[int] = typer.Option(None),
     steps: Optional[int] = typer.Option(None),
     scheduler: Optional[str] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help="First evaluation sample index (noise seed 2^31 + index)."),
+    seed_space: Optional[str] = typer.Option(None, help="evaluation (disjoint from trajectories) | trajectory (raw seeds)."),
+    allow_seed_overlap: Optional[bool] = typer.Option(None, "--allow-seed-overlap", help="Score students on seeds they were trained on."),
     device: Optional[str] = typer.Option(None),
     reference: Optional[str] = typer.Option(None, help="auto | digits | teacher | image folder | webdataset .tar/URL | stats .npz"),
     features: Optional[str] = typer.Option(None, help="auto | digits | inception | package.module:factory"),
@@ -244,7 +246,8 @@ def evaluate(
                           inception=inception, cache_root=cache_root,
                           speed_batch_sizes=_ints(speed_batch_sizes, "--speed-batch-sizes"),
                           sweep_schedulers=_names(sweep_schedulers), sweep_steps=_ints(sweep_steps, "--sweep-steps"),
-                          sweep_samples=sweep_samples, target_fid=target_fid)
+                          sweep_samples=sweep_samples, target_fid=target_fid, seed_space=seed_space,
+                          allow_seed_overlap=allow_seed_overlap)
     cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, None))
     report = run(cfg, progress=not quiet)
     print_table(report)

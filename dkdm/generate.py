@@ -20,7 +20,8 @@ from .errors import DkdmError, NonFiniteError
 from .latent import PairedGuidance
 from .progress import progress_bar
 from .runtime import pick_device, positive
-from .sampling import SEED_RULE, sample, trajectory_seed
+from . import seeds
+from .sampling import sample
 from . import coverage
 from .schedulers import clipped_eps, make_scheduler, stable_scheduler
 from .teacher import load_teacher
@@ -116,7 +117,7 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     sampler = {"scheduler": walk.scheduler, "steps": walk.steps, "eta": walk.eta,
                "timestep_spacing": spacing, "guidance_scale": cond.guidance_scale if cond else 1.0,
                "timesteps": timesteps, "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed,
-               "seed_rule": SEED_RULE, "dtype": cfg.dtype, "coverage": walk.coverage,
+               "seed_rule": seeds.TRAJECTORY_RULE, "dtype": cfg.dtype, "coverage": walk.coverage,
                "offsets": coverage.offsets_used(walk.coverage, timesteps, T),
                "offset_rule": "traj mod stride" if walk.coverage == "offsets" else None,
                "covered_timesteps": coverage.covered_timesteps(walk.coverage, timesteps, T, kept),
@@ -251,6 +252,6 @@ def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: s
                 x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
                 t=np.broadcast_to(np.asarray(t, np.int64), (n,)).copy(), traj=trajs, step=np.full(n, i, np.int64), cond=rows))
 
-    seeds = [trajectory_seed(cfg.seed, j) for j in trajs]
-    sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record, shift=shift, guided_ddim=True)
+    noise_seeds = [seeds.trajectory(cfg.seed, j) for j in trajs]
+    sample(model, sched, noise_seeds, shape, eta=cfg.sampler.eta, device=device, callback=record, shift=shift, guided_ddim=True)
     return out

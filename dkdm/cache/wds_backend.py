@@ -17,6 +17,7 @@ import numpy as np
 import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from .. import seeds
 from ..errors import BadShardError
 from . import records as rec
 from .limits import limit
@@ -129,8 +130,10 @@ def iter_shard_blocks(data: bytes, where: str, spec: RecordSpec | None = None) -
 
 
 def shard_order(shards: list[dict], seed: int, epoch: int, rank: int, world: int, worker: int, workers: int, shuffle: bool) -> list[dict]:
-    """Each (rank, worker) gets its own slice of a per-epoch permutation: no shard read twice per epoch."""
+    """Each (rank, worker) gets its own slice of a per-epoch permutation: no shard read twice per epoch.
+    Ranks split first (every rank gets a shard when world <= shards), then a rank's workers split its slice;
+    a worker left without a shard gets [] and ends (CacheStream), so it cannot stall the DataLoader."""
     order = list(shards)
     if shuffle:
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order[rank * workers + worker:: world * workers]
+        random.Random(seeds.shard_order(seed, epoch)).shuffle(order)
+    return order[rank::world][worker::workers]

@@ -3,7 +3,6 @@ gradient accumulation, EMA, warm-up, exact resume, Ctrl-C checkpoint, TensorBoar
 
 from __future__ import annotations
 
-import hashlib
 import math
 import signal
 import threading
@@ -16,7 +15,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from .. import config as cfgmod
-from .. import coverage
+from .. import coverage, seeds
 from ..cache.embeddings import read_embeddings
 from ..cache.reader import CacheReader
 from ..config import DistillConfig
@@ -43,11 +42,6 @@ SOURCES = ("cache", "live", "both")
 PRECISIONS = ("no", "fp16", "bf16")
 # settings a resumed run must share with the checkpoint, or the data stream would not line up
 
-
-def live_noise_seed(seed: int, rank: int) -> int:
-    """A seed for the live pool's noise stream, per run seed and rank, unrelated to the small integer
-    seeds of cached trajectories: a live pool does not re-walk a cached trajectory, and ranks differ."""
-    return int.from_bytes(hashlib.sha256(f"dkdm-live-pool/{seed}/{rank}".encode()).digest()[:4], "big") | (1 << 31)
 
 RESUME_KEYS = ("source", "sampler", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real")
 
@@ -135,7 +129,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     validate(cfg)
     out = Path(cfg.out)
     acc = _accelerator(cfg)
-    torch.manual_seed(cfg.seed + acc.process_index)
+    torch.manual_seed(seeds.rank(cfg.seed, acc.process_index))  # init, dropout: sources have their own generators
     device, rank = acc.device, acc.process_index
     rows = row_split(cfg)
     needs_teacher = rows["live"] > 0 or bool(cfg.teacher)
@@ -185,12 +179,11 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                                        cfg.num_workers, device, on_bad="skip" if cfg.on_bad_shard == "skip" else "error")
     if rows["live"]:
         pool = TeacherPool(teacher, sched, walk_kind, cfg.pool, rows["live"], rho=cfg.rho, eta=cfg.sampler.eta,
-                           seed=cfg.seed * 1000 + rank, device=device, lazy=True,
-                           noise_seed_base=live_noise_seed(cfg.seed, rank), coverage=walk_cov)
+                           seed=cfg.seed, rank=rank, device=device, lazy=True, coverage=walk_cov)
         sources["live"] = PoolSource(pool)
     if rows["real"]:
         images = load_real_images(cfg.real, channels, spec.sample_size)
-        sources["real"] = RealNoised(images, noise_sched, rows["real"], seed=cfg.seed * 1000 + 500 + rank, device=device)
+        sources["real"] = RealNoised(images, noise_sched, rows["real"], seed=seeds.real(cfg.seed, rank), device=device)
 
     trainer = StudentTrainer(acc, student, opt, lr_sched, ema, channels, noise_sched, kl_weight=cfg.kl_weight,
                              feature_kd=cfg.feature_kd, student_tap=student_tap)
@@ -209,7 +202,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         check_finite(acc.unwrap_model(student), f"checkpoint {resume_from}")
         start, seen_before = state["step"], state["records_seen"]
     elif rows["live"] and cfg.pool_init == "cache":
-        seed_reader = reader.loader(min(256, sources["live"].pool.size), num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + 1, rank=rank,
+        seed_reader = reader.loader(min(256, sources["live"].pool.size), num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=seeds.pool_init(cfg.seed), rank=rank,
                                     world=acc.num_processes)
         sources["live"].pool.seed_from(seed_reader)
 
@@ -296,7 +289,9 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
             ema.copy_to(final.parameters())
         final.eval()
         card = {"teacher": teacher.describe() if teacher else reader.manifest["teacher"],
-                "cache_id": reader.manifest["cache_id"] if reader else None, "weights": "ema" if cfg.export_ema else "raw",
+                "cache_id": reader.manifest["cache_id"] if reader else None,
+                # the noise it was trained on: `dkdm evaluate` refuses to score it on the same seeds
+                "trained_on": seeds.trained_on(reader.manifest) if reader is not None and rows["cache"] else None, "weights": "ema" if cfg.export_ema else "raw",
                 "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary,
                 "student": student_info}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
