@@ -126,16 +126,15 @@ def generate(
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Walk teacher trajectories and write them to a synthetic-data cache (resumable, many writers)."""
-    from accelerate import PartialState
-
     from .generate import generate as run
+    from .runtime import distributed_state
 
     r = cfgmod.load_recipe(recipe).generate
     cfg = cfgmod.override(r, teacher=teacher, out=out, trajectories=trajectories, keep=keep, shard_size=shard_size,
                           seed=seed, batch_size=batch_size, dtype=dtype, device=device, format=format, prompts=prompts,
                           guidance_scale=guidance_scale)
     cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, eta), sampler__coverage=coverage)
-    state = PartialState(cpu=cfg.device == "cpu")
+    state = distributed_state(cfg.device, "generate")
     res = run(cfg, rank=state.process_index, world=state.num_processes, progress=not quiet,
               barrier=state.wait_for_everyone if state.num_processes > 1 else None)
     if state.is_main_process:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 
@@ -101,6 +102,8 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     """Fill the shards this rank owns (shard g where g % world == rank); rank 0 seals at the end."""
     validate(cfg)
     device = pick_device(cfg.device)
+    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per rank, as accelerate places them
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     teacher = load_teacher(cfg.teacher, device)
     T = int(teacher.scheduler_config.get("num_train_timesteps", 1000))
     walk = coverage.sampler_for(cfg.sampler, T)

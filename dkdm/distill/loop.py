@@ -24,7 +24,7 @@ from ..cache.store import Store
 from ..errors import DkdmError, Interrupted, NonFiniteError
 from ..latent import check_vae, export_latent_student, is_latent_cache
 from ..progress import progress_bar
-from ..runtime import accelerator, atomic_write_json, positive
+from ..runtime import accelerator, atomic_write_json, check_world, positive, use_cpu
 from ..schedulers import make_scheduler
 from ..students import build_student, count_params, student_spec_for
 from ..teacher import load_teacher
@@ -95,9 +95,10 @@ def row_split(cfg: DistillConfig) -> dict:
 
 
 def _accelerator(cfg: DistillConfig):
-    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     kw = {"log_with": "tensorboard", "project_dir": cfg.out} if use_tensorboard(cfg) else {}
-    return accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, **kw)
+    acc = accelerator(cpu=use_cpu(cfg.device), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, **kw)
+    check_world(acc.num_processes, "distill")
+    return acc
 
 
 class _StopFlag:

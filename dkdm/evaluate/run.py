@@ -14,7 +14,7 @@ from ..config import EvaluateConfig
 from ..errors import DkdmError
 from ..imaging import save_png, side_by_side
 from ..progress import progress_bar
-from ..runtime import atomic_write_bytes, atomic_write_json, pick_device, positive
+from ..runtime import atomic_write_bytes, atomic_write_json, check_world, pick_device, positive
 from ..sampling import sample_many, unet_fn
 from ..schedulers import KINDS, make_scheduler
 from ..students import count_params
@@ -65,6 +65,7 @@ def _sample(name, unet, sched, seeds, shape, cfg, device, progress, eta=None):
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     _check(cfg)
+    check_world(1, "evaluate")
     n_seeds = max(cfg.num_samples, cfg.sweep_samples if cfg.sweep_schedulers else 0)
     overlaps = check_seed_overlap(cfg.students, cfg.seed_space, cfg.seed, n_seeds, cfg.allow_seed_overlap)
     t_start = time.time()
