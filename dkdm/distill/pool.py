@@ -154,7 +154,8 @@ class TeacherPool:
     def state_dict(self) -> dict:
         if self.x is None:
             self.build()
-        return {"x": self.x.cpu(), "idx": self.idx, "shift": self.shift, "started": torch.tensor(self.started),
+        # copies: the pool keeps changing its tensors in place after a snapshot
+        return {"x": self.x.detach().cpu().clone(), "idx": self.idx.clone(), "shift": self.shift.clone(), "started": torch.tensor(self.started),
                 "gen": self.gen.get_state(),
                 "next_seed": torch.tensor(-1 if self.next_seed is None else self.next_seed, dtype=torch.long),
                 "noise_gen": self.noise_gen.get_state(),
