@@ -128,7 +128,7 @@ def test_stale_temp_cleanup_spares_a_live_writer(tmp_path):
     dead.write_bytes(b"x")
     old = tmp_path / "c" / "shards" / ".tmp-traj-000000-abcd.tar"  # an older dkdm's name, written before this process
     old.write_bytes(b"x")
-    os.utime(old, (store_mod.PROCESS_START - 60, store_mod.PROCESS_START - 60))
+    os.utime(old, (store.opened - 60, store.opened - 60))
     fresh = tmp_path / "c" / "shards" / ".tmp-traj-000000-otherhost-123-abcd.tar"  # another host, written just now
     fresh.write_bytes(b"x")
     again = store.temp_file("shards", ".tar", owner="traj-000000")

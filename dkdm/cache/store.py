@@ -23,6 +23,7 @@ class Store:
 
     def __init__(self, url: str | Path):
         self.url = str(url).rstrip("/")
+        self.opened = time.time()  # this writer's start: older temp files of its shards are leftovers
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
@@ -96,7 +97,7 @@ class Store:
             d = Path(self.path(rel_dir))
             d.mkdir(parents=True, exist_ok=True)
             for stale in d.glob(f".tmp-{owner}-*") if owner else ():
-                if is_stale(stale, owner):
+                if is_stale(stale, owner, self.opened):
                     stale.unlink(missing_ok=True)
             tag = f"{owner}-{_HOST}-{os.getpid()}-" if owner else ""
             fd, name = tempfile.mkstemp(dir=d, prefix=f".tmp-{tag}", suffix=suffix)
@@ -114,18 +115,17 @@ class Store:
 
 
 _HOST = socket.gethostname().replace("-", "_") or "host"
-PROCESS_START = time.time()  # temp files older than this process cannot be one of its live writers'
 
 
-def is_stale(path: Path, owner: str) -> bool:
+def is_stale(path: Path, owner: str, since: float) -> bool:
     """A leftover temp file of `owner`: on this host, one whose writer process is gone; from another host (or
-    an older dkdm, no pid in the name), one written before this process started. A live writer's file (another
+    an older dkdm, no pid in the name), one last written before this writer started (`since`). A live writer's file (another
     rank or host filling the same shard) is left alone."""
     parts = path.name[len(f".tmp-{owner}-"):].split("-")
     if len(parts) >= 3 and parts[0] == _HOST and parts[1].isdigit():
         return not _alive(int(parts[1]))
     try:
-        return path.stat().st_mtime < PROCESS_START
+        return path.stat().st_mtime < since
     except FileNotFoundError:
         return False
 
