@@ -81,3 +81,47 @@ def test_pool_step_noise_is_its_own_and_saved(tiny_teacher):
     resumed, _ = run(2, again)
     assert all(torch.equal(x, y) for x, y in zip(more, resumed))
     assert "noise_gen" in state and "gen" in state
+
+
+def _digests(log):
+    import hashlib
+
+    def on_step(step, micro, acc, student):
+        for b in micro:
+            h = hashlib.sha256()
+            for t in (b.x, b.t, b.eps, b.teacher_out):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            log[step] = h.hexdigest()
+    return on_step
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_crash_late_then_resume_gives_the_same_next_batches(tiny_cache, tmp_path):
+    """Issue 19.4: crash at step 23 of 28 (the 4th pass over the 60-record cache), resume from the step-20 checkpoint:
+    every later batch is bit-identical to the uninterrupted run's; another --num-workers is refused in one line."""
+    from dkdm.distill.loop import distill
+    from dkdm.errors import DkdmError
+    from test_distill import dcfg
+
+    kw = dict(cache=str(tiny_cache), teacher="", steps=28, checkpoint_every=10, num_workers=2, shuffle_buffer=16)
+    full = {}
+    distill(dcfg(tmp_path / "full", **kw), progress=False, on_step=_digests(full))
+    crashed = {}
+    hook = _digests(crashed)
+
+    def crash_at_23(step, micro, acc, student):
+        hook(step, micro, acc, student)
+        if step == 23:
+            raise _Crash  # like kill -9: nothing saved after the step-20 checkpoint
+    with pytest.raises(_Crash):
+        distill(dcfg(tmp_path / "run", **kw), progress=False, on_step=crash_at_23)
+    with pytest.raises(DkdmError, match=r"other settings \(num_workers\)"):
+        distill(dcfg(tmp_path / "run", **{**kw, "num_workers": 1}, resume="latest"),
+                progress=False)
+    resumed = {}
+    res = distill(dcfg(tmp_path / "run", **kw, resume="latest"), progress=False, on_step=_digests(resumed))
+    assert res["start_step"] == 20 and sorted(resumed) == list(range(20, 28))
+    assert all(resumed[s] == full[s] for s in resumed) and all(crashed[s] == full[s] for s in crashed)

@@ -40,10 +40,10 @@ from .trainer import Batch, StudentTrainer
 
 SOURCES = ("cache", "live", "both")
 PRECISIONS = ("no", "fp16", "bf16")
-# settings a resumed run must share with the checkpoint, or the data stream would not line up
-
-
-RESUME_KEYS = ("source", "sampler", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real")
+# settings a resumed run must share with the checkpoint, or the data stream would not line up; num_workers too:
+# each loader worker reads its own shard slice with its own generator
+RESUME_KEYS = ("source", "sampler", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real",
+               "num_workers")
 
 
 def validate(cfg: DistillConfig) -> None:
