@@ -199,7 +199,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                             f"number of processes ({state['world']}, now {acc.num_processes}); resume with the same ones")
         if state["step"] > cfg.steps:
             raise DkdmError(f"checkpoint {resume_from} is at step {state['step']}, past --steps {cfg.steps}")
-        ckpt.load(acc, resume_from, ema, lr_sched, sources)
+        ckpt.load(acc, resume_from, ema, lr_sched, sources, opt=opt, batches_per_step=cfg.grad_accum)
         check_finite(acc.unwrap_model(student), f"checkpoint {resume_from}")
         start, seen_before = state["step"], state["records_seen"]
     elif rows["live"] and cfg.pool_init == "cache":

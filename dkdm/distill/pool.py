@@ -164,6 +164,12 @@ class TeacherPool:
     def load_state_dict(self, state: dict) -> None:
         if tuple(state["x"].shape[:1]) != (self.size,):
             raise DkdmError(f"checkpointed pool holds {state['x'].shape[0]} samples, this run's pool {self.size}")
+        if tuple(state["x"].shape[1:]) != tuple(self.teacher.sample_shape) or not torch.isfinite(state["x"]).all():
+            raise DkdmError(f"checkpointed pool samples are not finite {tuple(self.teacher.sample_shape)} images")
+        for k, hi in (("idx", self.T), ("shift", self.T_train)):
+            v = state.get(k, torch.zeros(self.size, dtype=torch.long))
+            if v.dtype != torch.long or tuple(v.shape) != (self.size,) or bool((v < 0).any() or (v >= hi).any()):
+                raise DkdmError(f"checkpointed pool {k} is not {self.size} integers in [0, {hi})")
         self.x = state["x"].to(self.device)
         self.idx = state["idx"].clone()
         if "shift" in state:
