@@ -169,6 +169,7 @@ def distill(
     feature_kd: Optional[float] = typer.Option(None, help="Weight of block-output MSE (live teacher, matching blocks)."),
     mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16"),
     grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
+    grad_clip: Optional[float] = typer.Option(None, help="Max gradient L2 norm per step (0 = no clipping; default 1)."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (0: end and Ctrl-C only)."),
     checkpoints_keep: Optional[int] = typer.Option(None, help="Newest checkpoints kept (<= 0 keeps all)."),
     resume: Optional[str] = typer.Option(None, help="latest | OUT/checkpoints/step-N"),
@@ -188,7 +189,7 @@ def distill(
     cfg = cfgmod.override(r, teacher=teacher, cache=cache, source=source, out=out, steps=steps, batch_size=batch_size,
                           lr=lr, pool=pool, rho=rho, shuffle_buffer=shuffle_buffer, num_workers=num_workers, seed=seed,
                           device=device, sampler__steps=sampler_steps, sampler__coverage=coverage, real=real, real_ratio=real_ratio, pool_init=pool_init,
-                          kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum,
+                          kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum, grad_clip=grad_clip,
                           checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
                           sample_every=sample_every, export_ema=export_ema, tracker=tracker, on_bad_shard=on_bad_shard,
                           student_kind=student, student_remove=_names(remove))

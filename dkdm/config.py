@@ -118,6 +118,7 @@ class DistillConfig:
     feature_kd: float = 0.0  # weight of BK-SDM block-output MSE (live teacher, matching blocks)
     mixed_precision: str = "no"  # no | fp16 | bf16
     grad_accum: int = 1
+    grad_clip: float = 1.0  # max gradient L2 norm per optimizer step (0 = no clipping)
     checkpoint_every: int = 500  # 0 = only on Ctrl-C and at the end
     checkpoints_keep: int = 3
     resume: str = ""  # "" | latest | path to OUT/checkpoints/step-N

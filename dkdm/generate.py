@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -73,6 +74,9 @@ def validate(cfg: GenerateConfig) -> None:
         raise DkdmError(f"--guidance-scale must be >= 1 (1 = no classifier-free guidance), got {cfg.guidance_scale}")
     if cfg.dtype not in rec.STORAGE_DTYPES:
         raise DkdmError(f"unsupported --dtype {cfg.dtype!r}; choose one of {sorted(rec.STORAGE_DTYPES)}")
+    if cfg.dtype == "bfloat16":  # 8 mantissa bits: near t = 0, x_t differs from x_0 by less than bf16 resolves
+        warnings.warn("--dtype bfloat16 keeps 8 mantissa bits: near t = 0 the x_t records lose the eps signal "
+                      "(x_t - x_0 is below bf16's resolution); prefer float16 or float32", stacklevel=2)
 
 
 def prepare_store(store: Store, identity: dict) -> None:
@@ -80,6 +84,10 @@ def prepare_store(store: Store, identity: dict) -> None:
     if store.exists("manifest.json"):
         m = read_manifest(store)
         if m["cache_id"] != identity["cache_id"]:
+            had = (m.get("software") or {}).get("diffusers", "not recorded")
+            if had != identity["software"]["diffusers"] and m["sampler"] == identity["sampler"]:
+                raise DkdmError(f"{store.url} was generated with diffusers {had}, this is {identity['software']['diffusers']}: "
+                                "new shards could differ from the old ones; finish it with the old diffusers or use another --out")
             raise DkdmError(f"{store.url} already holds cache {m['cache_id']} (teacher {m['teacher']['source']}, "
                             f"sampler {m['sampler']['scheduler']}-{m['sampler']['steps']}); these settings make cache "
                             f"{identity['cache_id']}: use another --out")

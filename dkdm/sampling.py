@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -39,7 +40,9 @@ def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu",
     `shift` (one int per sample) walks sample i along the grid moved by shift[i] (timestep coverage
     'offsets'); the callback then gets the (n,) tensor of timesteps instead of one int."""
     x, gens = initial_noise(seeds, shape, device)
-    sched.set_timesteps(sched.num_inference_steps)  # multistep/Euler schedulers keep state: restart it
+    # multistep/Euler schedulers keep state: restart a copy, so the caller's scheduler is left as it was
+    sched = copy.deepcopy(sched)
+    sched.set_timesteps(sched.num_inference_steps)
     x = x * sched.init_noise_sigma
     shifted = shift is not None and bool((shift != 0).any())
     for i, t in enumerate(sched.timesteps):

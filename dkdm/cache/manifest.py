@@ -37,6 +37,8 @@ def make_identity(teacher, sched, sampler: dict, record: dict, layout: dict) -> 
         "sampler": jsonable(sampler),
         "record": record,
         "layout": layout,
+        # the library that steps the scheduler: another diffusers may round a step differently, so it makes another cache
+        "software": {"diffusers": diffusers.__version__},
     }
     ident["cache_id"] = cache_id(ident)
     return ident
@@ -45,6 +47,8 @@ def make_identity(teacher, sched, sampler: dict, record: dict, layout: dict) -> 
 def cache_id(ident: dict) -> str:
     key = {"teacher": ident["teacher"]["fingerprint"], "scheduler": ident["scheduler"],
            "sampler": ident["sampler"], "record": ident["record"]}
+    if "software" in ident:  # caches made before dkdm 0.4 have none: their ids stay what they were
+        key["diffusers"] = ident["software"]["diffusers"]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -3,6 +3,7 @@ gradient accumulation, EMA, warm-up, exact resume, Ctrl-C checkpoint, TensorBoar
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import threading
@@ -79,6 +80,8 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.batch_size * cfg.grad_accum > 1 << 20 or cfg.steps > 1 << 31 or cfg.shuffle_buffer > 1 << 24:
         raise DkdmError(f"batch size {cfg.batch_size} x {cfg.grad_accum}, steps {cfg.steps} or shuffle buffer "
                         f"{cfg.shuffle_buffer} is absurdly large; check the flags")
+    if not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        raise DkdmError(f"--grad-clip must be a finite number >= 0 (0 = no clipping), got {cfg.grad_clip}")
     if cfg.mixed_precision not in PRECISIONS:
         raise DkdmError(f"--mixed-precision must be one of {PRECISIONS}, got {cfg.mixed_precision!r}")
     if cfg.feature_kd > 0 and (cfg.source == "both" or cfg.real_ratio >= 1 or not cfg.teacher):
@@ -170,8 +173,9 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         teacher_tap = BlockTap(teacher.unet, list(pairs.values()), detach=True)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
-    ema = EMAModel(student.parameters(), decay=cfg.ema_decay)
     student, opt = acc.prepare(student, opt)
+    # after prepare: DDP has broadcast rank 0's weights, so every rank's EMA starts from the same student
+    ema = EMAModel(acc.unwrap_model(student).parameters(), decay=cfg.ema_decay)
     ema.to(device)
 
     sources = {}
@@ -187,7 +191,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         sources["real"] = RealNoised(images, noise_sched, rows["real"], seed=seeds.real(cfg.seed, rank), device=device)
 
     trainer = StudentTrainer(acc, student, opt, lr_sched, ema, channels, noise_sched, kl_weight=cfg.kl_weight,
-                             feature_kd=cfg.feature_kd, student_tap=student_tap)
+                             feature_kd=cfg.feature_kd, student_tap=student_tap, clip=cfg.grad_clip)
     resume_from = ckpt.resolve_resume(out, cfg.resume)
     start, seen_before = 0, 0
     resolved = cfgmod.to_dict(cfg)
@@ -275,7 +279,9 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                "seconds": seconds, "records_per_s": (seen - seen_before) / max(seconds, 1e-9), "final_loss": loss,
                "source": cfg.source, "pool": cfg.pool if rows["live"] else None, "rows": rows,
                "teacher_forwards": sources["live"].pool.teacher_forwards if "live" in sources else 0,
-               "interrupted": interrupted, "world": acc.num_processes}
+               "interrupted": interrupted, "world": acc.num_processes,
+               # every rank's EMA must be the same model (DDP keeps the weights equal; the EMA must start equal too)
+               "ema_sha256": tensors_sha256(ema.shadow_params)}
     if interrupted:
         acc.end_training()
         if acc.is_main_process:
@@ -320,6 +326,13 @@ def conditioning_table(reader, teacher, rows: dict, device) -> torch.Tensor | No
     if table["sha256"] != reader.manifest["embeddings"]["sha256"]:
         raise DkdmError(f"{reader.store.url}: embeddings.zarr is not the one the manifest recorded (sha256 differs)")
     return table["emb"].to(device)
+
+
+def tensors_sha256(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _any_rank(acc, flag: bool) -> bool:
