@@ -208,3 +208,36 @@ def test_diffusers_version_is_part_of_the_cache(tiny_teacher, tmp_path, monkeypa
     del m["software"]
     (out / "manifest.json").write_text(json.dumps(m))
     assert CacheReader(str(out)).manifest["cache_id"] == m["cache_id"]
+
+
+def test_a_damaged_tar_shard_is_named_in_one_clean_line(tiny_cache):
+    """Issue 19.9: webdataset appends (stream, url) and ' @ <_io.BytesIO ...>' to its errors: the refusal shows neither."""
+    from dkdm.cache.wds_backend import iter_shard_blocks
+    from dkdm.errors import BadShardError
+
+    data = (tiny_cache / "shards" / "traj-000000.tar").read_bytes()
+    with pytest.raises(BadShardError) as err:
+        list(iter_shard_blocks(data[:1546], f"{tiny_cache}/shards/traj-000000.tar"))  # inside the 2nd member
+    msg = str(err.value)
+    assert "shards/traj-000000.tar" in msg and "BytesIO" not in msg and "0x" not in msg and "\n" not in msg
+    assert len(msg) < 200 + len(str(tiny_cache)), msg
+
+
+def test_seal_refuses_to_drop_listed_shards_unless_forced(tiny_teacher, tmp_path):
+    """Issue 19.9: a seal that would lose shards the manifest lists exits non-zero and writes nothing; --force warns."""
+    import json
+
+    from conftest import gen_cfg, run_cli
+    from dkdm.generate import generate
+
+    c = tmp_path / "c"
+    generate(gen_cfg(tiny_teacher, c), progress=False)
+    before = (c / "manifest.json").read_text()
+    for g in range(3):
+        (c / "shards" / f"traj-00000{g}.json").unlink()  # e.g. foreign or lost sidecars: nothing left to index
+    r = run_cli("cache", "seal", c)
+    assert r.returncode == 2 and "would drop 3 of its 3 shards" in r.stderr and "manifest.json" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and (c / "manifest.json").read_text() == before
+    r = run_cli("cache", "seal", c, "--force")
+    assert r.returncode == 0 and "dropped 3 shard(s)" in r.stderr and "0 shards" in r.stdout
+    assert json.loads((c / "manifest.json").read_text())["shards"] == []

@@ -8,6 +8,7 @@ import io
 import math
 import os
 import random
+import re
 import tarfile
 import zlib
 from collections import Counter
@@ -83,9 +84,9 @@ def read_verified(store: Store, shard: dict) -> bytes:
         size = store.size(rel)
         data = store.read_bytes(rel) if size == shard["bytes"] else b""
     except FileNotFoundError as exc:
-        raise BadShardError(f"shard {shard['file']} listed in the manifest of {store.url} is missing") from exc
+        raise BadShardError(f"shard {store.url}/{rel} listed in the manifest is missing") from None
     if size != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
-        raise BadShardError(f"shard {shard['file']} in {store.url} is corrupt or truncated "
+        raise BadShardError(f"shard {store.url}/{rel} is corrupt or truncated "
                             f"({size} bytes, expected {shard['bytes']}; sha256 mismatch); run `dkdm cache verify`")
     return data
 
@@ -124,9 +125,17 @@ def iter_shard_blocks(data: bytes, where: str, spec: RecordSpec | None = None) -
                 spec.check_block(block)
             yield block
     except (tarfile.TarError, ValueError, KeyError, OSError, EOFError, zlib.error) as exc:
-        raise BadShardError(f"shard {where} cannot be read as a dkdm tar shard: {exc}") from exc
+        # webdataset appends its (stream, url) source to exc.args: keep only the message, never a BytesIO repr
+        raise BadShardError(f"shard {where} cannot be read as a dkdm tar shard: {first_arg(exc)}") from None
     if spec is not None:
         spec.finish()
+
+
+def first_arg(exc: BaseException) -> str:
+    """An exception's own message, without what libraries append to its args; one line, bounded."""
+    msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
+    msg = re.sub(r" @ <[^>]*>", "", msg)  # tar_file_iterator appends " @ <_io.BytesIO object at 0x...>"
+    return (msg.strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 def shard_order(shards: list[dict], seed: int, epoch: int, rank: int, world: int, worker: int, workers: int, shuffle: bool) -> list[dict]:
