@@ -336,7 +336,7 @@ def tensors_sha256(tensors) -> str:
 
 
 def _any_rank(acc, flag: bool) -> bool:
-    """Ranks agree on stopping, or DDP would hang with one rank gone."""
-    if acc.num_processes == 1:
-        return flag
-    return bool(acc.reduce(torch.tensor([int(flag)], device=acc.device), reduction="sum").item())
+    """Ranks agree on stopping, or DDP would hang with one rank gone: accelerate's trigger is one all-reduce."""
+    if flag:
+        acc.set_trigger()
+    return acc.check_trigger()
