@@ -298,7 +298,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         card = {"teacher": teacher.describe() if teacher else reader.manifest["teacher"],
                 "cache_id": reader.manifest["cache_id"] if reader else None,
                 # the noise it was trained on: `dkdm evaluate` refuses to score it on the same seeds
-                "trained_on": seeds.trained_on(reader.manifest) if reader is not None and rows["cache"] else None, "weights": "ema" if cfg.export_ema else "raw",
+                "trained_on": seeds.trained_on(reader.manifest)
+                if reader is not None and (rows["cache"] or rows["live"] and cfg.pool_init == "cache") else None, "weights": "ema" if cfg.export_ema else "raw",
                 "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary,
                 "student": student_info}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
