@@ -241,3 +241,17 @@ def test_seal_refuses_to_drop_listed_shards_unless_forced(tiny_teacher, tmp_path
     r = run_cli("cache", "seal", c, "--force")
     assert r.returncode == 0 and "dropped 3 shard(s)" in r.stderr and "0 shards" in r.stdout
     assert json.loads((c / "manifest.json").read_text())["shards"] == []
+
+
+def test_forged_pool_state_is_refused(tiny_teacher):
+    from dkdm.errors import DkdmError
+
+    teacher = load_teacher(str(tiny_teacher))
+    sched = make_scheduler(SamplerConfig(steps=5), teacher.scheduler_config)
+    pool = TeacherPool(teacher, sched, "ddim", "shuffled", 4, coverage="offsets")
+    for key, value, msg in (("idx", 99, "step indices"), ("shift", -5000, "shifts move timesteps"),
+                            ("x", float("nan"), "not finite")):
+        state = pool.state_dict()
+        state[key][0] = value
+        with pytest.raises(DkdmError, match=msg):
+            TeacherPool(teacher, sched, "ddim", "shuffled", 4, coverage="offsets", lazy=True).load_state_dict(state)

@@ -166,10 +166,15 @@ class TeacherPool:
             raise DkdmError(f"checkpointed pool holds {state['x'].shape[0]} samples, this run's pool {self.size}")
         if tuple(state["x"].shape[1:]) != tuple(self.teacher.sample_shape) or not torch.isfinite(state["x"]).all():
             raise DkdmError(f"checkpointed pool samples are not finite {tuple(self.teacher.sample_shape)} images")
-        for k, hi in (("idx", self.T), ("shift", self.T_train)):
-            v = state.get(k, torch.zeros(self.size, dtype=torch.long))
-            if v.dtype != torch.long or tuple(v.shape) != (self.size,) or bool((v < 0).any() or (v >= hi).any()):
-                raise DkdmError(f"checkpointed pool {k} is not {self.size} integers in [0, {hi})")
+        idx, shift = state["idx"], state.get("shift", torch.zeros(self.size, dtype=torch.long))
+        for k, v in (("idx", idx), ("shift", shift)):
+            if v.dtype != torch.long or tuple(v.shape) != (self.size,):
+                raise DkdmError(f"checkpointed pool {k} is not {self.size} integers")
+        if bool((idx < 0).any() or (idx >= self.T).any()):
+            raise DkdmError(f"checkpointed pool step indices are not in [0, {self.T})")
+        t = self.timesteps[idx] + shift
+        if bool((t < 0).any() or (t >= self.T_train).any()):
+            raise DkdmError(f"checkpointed pool shifts move timesteps out of [0, {self.T_train})")
         self.x = state["x"].to(self.device)
         self.idx = state["idx"].clone()
         if "shift" in state:
