@@ -117,6 +117,7 @@ class DistillConfig:
     feature_kd: float = 0.0  # weight of BK-SDM block-output MSE (live teacher, matching blocks)
     mixed_precision: str = "no"  # no | fp16 | bf16
     grad_accum: int = 1
+    grad_clip: float = 1.0  # max gradient L2 norm per optimizer step (0 = no clipping)
     checkpoint_every: int = 500  # 0 = only on Ctrl-C and at the end
     checkpoints_keep: int = 3
     resume: str = ""  # "" | latest | path to OUT/checkpoints/step-N
@@ -138,7 +139,9 @@ class EvaluateConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     num_samples: int = 512
     batch_size: int = 64
-    seed: int = 10_000  # sample seeds start here, apart from the cache's trajectory seeds
+    seed: int = 10_000  # first evaluation sample index; sample i uses noise seed dkdm.seeds.evaluation(seed + i)
+    seed_space: str = "evaluation"  # evaluation (disjoint from every trajectory) | trajectory (raw seeds, as before 0.4)
+    allow_seed_overlap: bool = False  # score a student on noise of trajectories its card says it was trained on
     speed_repeats: int = 5
     device: str = "auto"
     reference: str = "auto"  # auto (digits for 1x16x16 teachers, else teacher) | digits | teacher | folder | .tar/URL | .npz

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -20,7 +22,8 @@ from .errors import DkdmError, NonFiniteError
 from .latent import PairedGuidance
 from .progress import progress_bar
 from .runtime import pick_device, positive
-from .sampling import SEED_RULE, sample, trajectory_seed
+from . import seeds
+from .sampling import sample
 from . import coverage
 from .schedulers import clipped_eps, make_scheduler, stable_scheduler
 from .teacher import load_teacher
@@ -71,6 +74,9 @@ def validate(cfg: GenerateConfig) -> None:
         raise DkdmError(f"--guidance-scale must be >= 1 (1 = no classifier-free guidance), got {cfg.guidance_scale}")
     if cfg.dtype not in rec.STORAGE_DTYPES:
         raise DkdmError(f"unsupported --dtype {cfg.dtype!r}; choose one of {sorted(rec.STORAGE_DTYPES)}")
+    if cfg.dtype == "bfloat16":  # 8 mantissa bits: near t = 0, x_t differs from x_0 by less than bf16 resolves
+        warnings.warn("--dtype bfloat16 keeps 8 mantissa bits: near t = 0 the x_t records lose the eps signal "
+                      "(x_t - x_0 is below bf16's resolution); prefer float16 or float32", stacklevel=2)
 
 
 def prepare_store(store: Store, identity: dict) -> None:
@@ -78,6 +84,10 @@ def prepare_store(store: Store, identity: dict) -> None:
     if store.exists("manifest.json"):
         m = read_manifest(store)
         if m["cache_id"] != identity["cache_id"]:
+            had = (m.get("software") or {}).get("diffusers", "not recorded")
+            if had != identity["software"]["diffusers"] and m["sampler"] == identity["sampler"]:
+                raise DkdmError(f"{store.url} was generated with diffusers {had}, this is {identity['software']['diffusers']}: "
+                                "new shards could differ from the old ones; finish it with the old diffusers or use another --out")
             raise DkdmError(f"{store.url} already holds cache {m['cache_id']} (teacher {m['teacher']['source']}, "
                             f"sampler {m['sampler']['scheduler']}-{m['sampler']['steps']}); these settings make cache "
                             f"{identity['cache_id']}: use another --out")
@@ -100,6 +110,8 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     """Fill the shards this rank owns (shard g where g % world == rank); rank 0 seals at the end."""
     validate(cfg)
     device = pick_device(cfg.device)
+    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per rank, as accelerate places them
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     teacher = load_teacher(cfg.teacher, device)
     T = int(teacher.scheduler_config.get("num_train_timesteps", 1000))
     walk = coverage.sampler_for(cfg.sampler, T)
@@ -116,7 +128,7 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
     sampler = {"scheduler": walk.scheduler, "steps": walk.steps, "eta": walk.eta,
                "timestep_spacing": spacing, "guidance_scale": cond.guidance_scale if cond else 1.0,
                "timesteps": timesteps, "keep": cfg.keep, "kept_steps": kept, "base_seed": cfg.seed,
-               "seed_rule": SEED_RULE, "dtype": cfg.dtype, "coverage": walk.coverage,
+               "seed_rule": seeds.TRAJECTORY_RULE, "dtype": cfg.dtype, "coverage": walk.coverage,
                "offsets": coverage.offsets_used(walk.coverage, timesteps, T),
                "offset_rule": "traj mod stride" if walk.coverage == "offsets" else None,
                "covered_timesteps": coverage.covered_timesteps(walk.coverage, timesteps, T, kept),
@@ -251,6 +263,6 @@ def _walk(teacher, sched, trajs: np.ndarray, cfg: GenerateConfig, shape, kept: s
                 x_t=rec.to_storage(inp, cfg.dtype), target=rec.to_storage(model_out, cfg.dtype),
                 t=np.broadcast_to(np.asarray(t, np.int64), (n,)).copy(), traj=trajs, step=np.full(n, i, np.int64), cond=rows))
 
-    seeds = [trajectory_seed(cfg.seed, j) for j in trajs]
-    sample(model, sched, seeds, shape, eta=cfg.sampler.eta, device=device, callback=record, shift=shift, guided_ddim=True)
+    noise_seeds = [seeds.trajectory(cfg.seed, j) for j in trajs]
+    sample(model, sched, noise_seeds, shape, eta=cfg.sampler.eta, device=device, callback=record, shift=shift, guided_ddim=True)
     return out

@@ -68,6 +68,41 @@ def positive(name: str, value: int | float) -> None:
         raise DkdmError(f"{name} must be a positive number, got {value}")
 
 
+def launcher_world() -> int:
+    """The number of processes a launcher (accelerate launch, torchrun, mpirun) says it started."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        v = os.environ.get(name, "")
+        if v.strip().isdigit():
+            return int(v)
+    return 1
+
+
+def check_world(seen: int, command: str) -> None:
+    """Refuse a launched process that sees a world of 1: every process would act as rank 0 and they would
+    write the same files (accelerate's PartialState(cpu=False) does that on a host without a GPU)."""
+    want = launcher_world()
+    if want > 1 and seen == 1:
+        if command == "evaluate":
+            raise DkdmError(f"dkdm evaluate runs in one process, but a launcher started {want} (WORLD_SIZE={want}): run it without one")
+        raise DkdmError(f"dkdm {command}: the launcher started {want} processes (WORLD_SIZE={want}) but this one sees a world "
+                        "of 1; on a CPU host use --device cpu or ACCELERATE_USE_CPU=true")
+
+
+def use_cpu(device: str) -> bool:
+    """Resolve --device before accelerate's state is made: PartialState(cpu=False) on a host without a GPU gives
+    every launched process a world of 1 (STACK-NOTES), so 'auto' must already mean cpu there."""
+    return pick_device(device).type == "cpu"
+
+
+def distributed_state(device: str, command: str):
+    """accelerate's PartialState for a multi-process command (generate), `device` resolved first, the world checked."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=use_cpu(device))
+    check_world(state.num_processes, command)
+    return state
+
+
 def accelerator(**kw):
     """An accelerate Accelerator for this run. accelerate keeps one process-wide state and refuses a second
     Accelerator with other settings (e.g. bf16 after fp32) in the same Python process, as in a notebook

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -9,20 +10,15 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import schedulers
 from .modelcall import model_call  # any denoiser: UNet, conditional UNet, DiT
+from .seeds import TRAJECTORY_RULE, trajectory
 
 # callback(step_index, timestep, model_input, model_output) — the hook a trajectory recorder needs
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
-# torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so base seeds cannot be a high
-# word: seed*2**32 + traj would give every base seed the same trajectories. Spread bases by a
-# golden-ratio multiplier instead; base 0 keeps seed == trajectory id.
-SEED_MULTIPLIER = 0x9E3779B1
-SEED_RULE = "(traj + base_seed * 0x9E3779B1) mod 2**32"
-
-
-def trajectory_seed(base_seed: int, traj: int) -> int:
-    return (int(traj) + int(base_seed) * SEED_MULTIPLIER) % 2**32
+# seeds are derived by purpose in dkdm/seeds.py; these names stay for callers of dkdm.sampling
+SEED_RULE = TRAJECTORY_RULE
+trajectory_seed = trajectory
 
 
 def generators_for(seeds, device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -44,11 +40,13 @@ def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu",
     `shift` (one int per sample) walks sample i along the grid moved by shift[i] (timestep coverage
     'offsets'); the callback then gets the (n,) tensor of timesteps instead of one int."""
     x, gens = initial_noise(seeds, shape, device)
-    sched.set_timesteps(sched.num_inference_steps)  # multistep/Euler schedulers keep state: restart it
+    # multistep/Euler schedulers keep state: restart a copy, so the caller's scheduler is left as it was
+    sched = copy.deepcopy(sched)
+    sched.set_timesteps(sched.num_inference_steps)
     x = x * sched.init_noise_sigma
     shifted = shift is not None and bool((shift != 0).any())
     for i, t in enumerate(sched.timesteps):
-        noise = gens if eta > 0 or _needs_noise(sched) else None
+        noise = gens if eta > 0 or not schedulers.deterministic_step(sched) else None
         if shifted:  # single-step schedulers only (coverage.sampler_for): no scale_model_input, per-sample t
             tv = int(t) + shift.to(torch.long)
             out = model(x, tv.to(device))
@@ -62,10 +60,6 @@ def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu",
             callback(i, int(t), inp, out)
         x = schedulers.step(sched, out, t, x, eta=eta, generator=noise, guided_ddim=guided_ddim)
     return x.clamp(-1, 1) if clamp else x
-
-
-def _needs_noise(sched) -> bool:
-    return type(sched).__name__ in ("DDPMScheduler", "EulerAncestralDiscreteScheduler")
 
 
 def unet_fn(unet, cond: torch.Tensor | None = None) -> Callable:

@@ -18,6 +18,12 @@ KINDS = {
     "euler": "EulerDiscreteScheduler",
 }
 SINGLE_STEP = {"ddpm", "ddim"}  # schedulers whose step needs no history: usable in a mixed-timestep pool
+NOISY_STEP = {"ddpm"}  # of KINDS, the ones whose step draws fresh noise at any eta (DDIM: only when eta > 0)
+
+
+def deterministic_step(sched) -> bool:
+    """False when the scheduler's step draws noise whatever eta is: it then needs a generator."""
+    return type(sched).__name__ not in {KINDS[k] for k in NOISY_STEP}
 
 
 def make_scheduler(cfg: SamplerConfig, base_config: dict):
@@ -76,6 +82,7 @@ def step_mixed(sched, model_output: torch.Tensor, t: torch.Tensor, x: torch.Tens
     out = torch.empty_like(x)
     for tv in torch.unique(t).tolist():
         sel = (t == tv).nonzero(as_tuple=True)[0]
-        gens = [generators[i] for i in sel.tolist()] if generators is not None else None
+        # a list holds one generator per member; one torch.Generator is a stream shared by the batch
+        gens = generators if isinstance(generators, torch.Generator) or generators is None else [generators[i] for i in sel.tolist()]
         out[sel] = step(sched, model_output[sel], int(tv), x[sel], eta=eta, generator=gens, guided_ddim=guided_ddim)
     return out

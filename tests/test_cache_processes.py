@@ -1,19 +1,23 @@
 """Real processes: two accelerate ranks fill one cache; a writer killed with SIGKILL resumes exactly."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dkdm.cache import backend
 from dkdm.cache.inspect import verify
 from dkdm.cache.manifest import read_manifest
 from dkdm.cache.reader import CacheReader
+from dkdm.cache import store as store_mod
 from dkdm.cache.store import Store
 
 from dkdm.generate import generate
@@ -82,3 +86,57 @@ def test_kill_9_then_resume(tiny_teacher, tmp_path):
     assert sorted({k[0] for k in keys}) == list(range(16))
     assert verify(str(out), deep=True) == []
     assert np.unique([k[1] for k in keys], return_counts=True)[1].tolist() == [16] * 5
+
+
+def test_two_writers_with_the_default_device(tiny_teacher, tmp_path):
+    """Issue 19.1: `accelerate launch --multi_gpu` on a CPU host with the default --device auto (no
+    ACCELERATE_USE_CPU): the ranks are real ranks (1 and 2 shards), not two rank 0s deleting each other's temp files."""
+    out = tmp_path / "c"
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    gen = [a for a in GEN if a not in ("--device", "cpu")]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "dkdm.cli", "generate", "--teacher", str(tiny_teacher), "--out", str(out), *gen]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "wrote 2 shards" in res.stdout and "60 records in total" in res.stdout
+    sidecars = [json.loads((out / "shards" / f"traj-00000{g}.json").read_text()) for g in range(3)]
+    assert [s["made_on"]["rank"] for s in sidecars] == [0, 1, 0] and {s["made_on"]["world"] for s in sidecars} == {2}
+    assert not list((out / "shards").glob(".tmp-*")) and verify(str(out)) == []
+
+
+def test_a_launched_process_that_sees_a_world_of_1_is_refused(monkeypatch):
+    from dkdm.errors import DkdmError
+    from dkdm.runtime import check_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command in ("generate", "distill", "evaluate"):
+        with pytest.raises(DkdmError, match="WORLD_SIZE=2"):
+            check_world(1, command)
+    check_world(2, "generate")  # a real world of 2 is fine
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_world(1, "generate")
+
+
+def test_stale_temp_cleanup_spares_a_live_writer(tmp_path):
+    """Issue 19.1: a writer removes a crashed run's temp file of its shard, never another live writer's."""
+    store = Store(str(tmp_path / "c"))
+    live = store.temp_file("shards", ".tar", owner="traj-000000")  # this (live) process's file
+    Path(live).write_bytes(b"x")
+    dead = tmp_path / "c" / "shards" / f".tmp-traj-000000-{store_mod._HOST}-{_dead_pid()}-abcd.tar"
+    dead.write_bytes(b"x")
+    old = tmp_path / "c" / "shards" / ".tmp-traj-000000-abcd.tar"  # an older dkdm's name, written before this process
+    old.write_bytes(b"x")
+    os.utime(old, (store.opened - 60, store.opened - 60))
+    fresh = tmp_path / "c" / "shards" / ".tmp-traj-000000-otherhost-123-abcd.tar"  # another host, written just now
+    fresh.write_bytes(b"x")
+    again = store.temp_file("shards", ".tar", owner="traj-000000")
+    assert Path(live).exists() and fresh.exists() and Path(again).exists()
+    assert not dead.exists() and not old.exists()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

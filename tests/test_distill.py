@@ -93,7 +93,7 @@ def test_pool_matches_whole_trajectories(tiny_teacher):
 
     teacher = load_teacher(str(tiny_teacher))
     sched = make_scheduler(SamplerConfig(steps=5), teacher.scheduler_config)
-    pool = TeacherPool(teacher, sched, "ddim", "iterative", batch_size=2, seed=0)
+    pool = TeacherPool(teacher, sched, "ddim", "iterative", batch_size=2, seed=0, trajectory_noise_from=0)
     seen = []
     sample(teacher, sched, [0, 1], teacher.sample_shape, callback=lambda i, t, inp, out: seen.append(inp.clone()),
            guided_ddim=True)  # teacher trajectories step DDIM like guided-diffusion

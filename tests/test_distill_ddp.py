@@ -41,4 +41,6 @@ def test_two_process_ddp_on_cpu(tiny_teacher, tmp_path):
     # and equal weights after each step prove the gradient all-reduce
     assert r0["params"] == r1["params"] and len(set(r0["params"])) == 3
     assert r0["summary"]["world"] == 2
+    # issue 19.7: the EMA is built after DDP's broadcast, so both ranks average the same model
+    assert r0["summary"]["ema_sha256"] == r1["summary"]["ema_sha256"]
     assert (tmp_path / "run" / "student" / "unet" / "config.json").is_file()

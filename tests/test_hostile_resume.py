@@ -123,7 +123,47 @@ def _nan_model(folder):
     save_file({k: torch.full_like(v, float("nan")) for k, v in t.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
+class _NotAllowed:
+    """Any class outside torch's weights_only allow-list: a pickle that `weights_only=True` refuses."""
+
+
+def _rng(folder, **kw):
+    p = folder / "random_states_0.pkl"
+    states = torch.load(p, weights_only=False)
+    torch.save({**states, **kw}, p)
+
+
+def _optimizer(folder, fn):
+    p = folder / "optimizer.bin"
+    st = torch.load(p, weights_only=True)
+    fn(st)
+    torch.save(st, p)
+
+
+def _json(folder, name, fn):
+    p = folder / name
+    p.write_text(json.dumps(fn(json.loads(p.read_text()))))
+
+
+def _data(folder, **kw):
+    p = folder / "data_cache_0.safetensors"
+    save_file({**load_file(str(p)), **kw}, str(p))
+
+
 @pytest.mark.parametrize("forge,msg", [
+    (lambda f: torch.save({"random_state": _NotAllowed()}, f / "random_states_0.pkl"), r"random_states_0.pkl cannot be loaded safely"),
+    (lambda f: (f / "random_states_0.pkl").write_bytes(b"not a torch file"), r"random_states_0.pkl cannot be loaded safely"),
+    (lambda f: _rng(f, torch_manual_seed=torch.zeros(7, dtype=torch.uint8)), r"random_states_0.pkl holds a torch RNG state of the wrong"),
+    (lambda f: _rng(f, random_state=(3, (1, 2), None)), r"random_states_0.pkl holds an RNG state its generator refuses"),
+    (lambda f: _optimizer(f, lambda st: st["state"][0].update(exp_avg=torch.zeros(3))), r"optimizer.bin holds exp_avg of parameter 0"),
+    (lambda f: _optimizer(f, lambda st: st["param_groups"].append(dict(st["param_groups"][0]))), r"optimizer.bin does not have the structure"),
+    (lambda f: _json(f, "lr_scheduler.json", lambda d: {k: "x" for k in d}), r"lr_scheduler.json holds .*, not a"),
+    (lambda f: _json(f, "lr_scheduler.json", lambda d: {**d, "__class__": 1}), r"lr_scheduler.json does not have the keys"),
+    (lambda f: _json(f, "ema.json", lambda d: {**d, "decay": "0.9"}), r"ema.json holds decay"),
+    (lambda f: _data(f, consumed=torch.tensor(10**12)), r"data_cache_0.safetensors says 1000000000000 batches"),
+    (lambda f: _data(f, consumed=torch.tensor([1.5, 2.0])), r"data_cache_0.safetensors is not a data position"),
+    (lambda f: _state(f, world="1"), "damaged"),
+
     (lambda f: _state(f, step=-100), "damaged"),
     (lambda f: _state(f, step="4"), "damaged"),
     (lambda f: _state(f, step=10**6), "past --steps"),
@@ -131,7 +171,9 @@ def _nan_model(folder):
     (_truncate, "cannot be loaded"),
     (_nan_ema, "NaN/Inf"),
     (_nan_model, "NaN/Inf weights"),
-], ids=["negative-step", "string-step", "step-past-end", "not-json", "truncated-safetensors", "nan-ema", "nan-model"])
+], ids=["rng-pickle", "rng-garbage", "rng-torch-shape", "rng-python-state", "optimizer-shape", "optimizer-groups",
+        "lr-strings", "lr-extra-key", "ema-meta-type", "data-position-huge", "data-position-type", "string-world",
+        "negative-step", "string-step", "step-past-end", "not-json", "truncated-safetensors", "nan-ema", "nan-model"])
 def test_forged_checkpoints_are_refused(tiny_cache, full_run, tmp_path, forge, msg):
     run = forged(full_run, tmp_path, forge)
     with pytest.raises(DkdmError, match=msg):

@@ -113,7 +113,8 @@ def fetch(store: Store, shard: dict, manifest: dict, verified: bool = False):
 
 def blocks_of(store: Store, shard: dict, content, manifest: dict) -> Iterator[rec.RecordBatch]:
     """Record blocks, each checked against the manifest (shape, dtype, finite, t, traj, step, cond, no duplicate)."""
-    where = f"{store.url}/{shard['file']}"
+    # a tar shard lives in shards/; a zarr shard is rows of trajectories.zarr, named by its index
+    where = f"{store.url}/{shard['file']}" if "files" in shard else f"{store.url}/{SHARD_DIR}/{shard['file']}"
     spec = RecordSpec(manifest, shard, f"shard {where}")
     if "files" in shard:
         return zarr_backend.iter_shard_blocks(content, where, spec)

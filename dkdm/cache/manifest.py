@@ -34,6 +34,8 @@ def make_identity(teacher, sched, sampler: dict, record: dict, layout: dict) -> 
         "sampler": jsonable(sampler),
         "record": record,
         "layout": layout,
+        # the library that steps the scheduler: another diffusers may round a step differently, so it makes another cache
+        "software": {"diffusers": diffusers.__version__},
     }
     ident["cache_id"] = cache_id(ident)
     return ident
@@ -42,6 +44,8 @@ def make_identity(teacher, sched, sampler: dict, record: dict, layout: dict) -> 
 def cache_id(ident: dict) -> str:
     key = {"teacher": ident["teacher"]["fingerprint"], "scheduler": ident["scheduler"],
            "sampler": ident["sampler"], "record": ident["record"]}
+    if "software" in ident:  # caches made before dkdm 0.4 have none: their ids stay what they were
+        key["diffusers"] = ident["software"]["diffusers"]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -87,10 +91,12 @@ def read_sidecars(store: Store, manifest: dict | None = None) -> list[dict]:
     return sorted(out, key=lambda s: s["index"])
 
 
-def seal(store: Store, identity: dict | None = None) -> dict:
-    """Rebuild the manifest's index from the sidecars; refuses sidecars of another cache."""
+def seal(store: Store, identity: dict | None = None, force: bool = True) -> dict:
+    """Rebuild the manifest's index from the sidecars; refuses sidecars of another cache. Without `force`, an index
+    that would lose shards the old manifest listed is not written (DkdmError); the result's "dropped" names them."""
+    old = read_manifest(store) if identity is None else (read_manifest(store, check=False) if store.exists(MANIFEST) else {})
     if identity is None:
-        identity = {k: v for k, v in read_manifest(store).items() if k not in ("shards", "totals", "sealed_at", "created_by")}
+        identity = {k: v for k, v in old.items() if k not in ("shards", "totals", "sealed_at", "created_by")}
     shards = read_sidecars(store, identity)
     for s in shards:
         if s.get("cache_id") != identity["cache_id"]:
@@ -111,10 +117,15 @@ def seal(store: Store, identity: dict | None = None) -> dict:
         "trajectories": sum(s["trajectories"][1] - s["trajectories"][0] for s in complete),
         "t_hist": dict(sorted(hist.items(), key=lambda kv: -int(kv[0]))),
     }
+    dropped = sorted({s["name"] for s in old.get("shards", [])} - {s["name"] for s in complete})
+    if dropped and not force:
+        raise DkdmError(f"{store.url}/{MANIFEST}: sealing would drop {len(dropped)} of its {len(old['shards'])} shards "
+                        f"({', '.join(dropped[:2])}{', ...' if len(dropped) > 2 else ''}): sidecar or data missing or foreign; "
+                        "nothing written (check with `dkdm cache verify`, or --force)")
     manifest["created_by"] = tool_versions()
     manifest["sealed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_manifest(store, manifest)
-    return manifest
+    return {**manifest, "dropped": dropped}
 
 
 def check_expected(manifest: dict, fingerprint: str | None = None, record: dict | None = None, where: str = "") -> None:

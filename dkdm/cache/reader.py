@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .. import seeds
 from ..errors import DkdmError
 from . import backend
 from .manifest import check_expected, read_manifest
@@ -60,8 +61,17 @@ class CacheReader:
 
     def loader(self, batch_size: int, num_workers: int = 0, **kw) -> DataLoader:
         """Batches of (x_t, t, target, cond), float32 tensors for x_t/target: the stream batches itself."""
+        idle = idle_workers(len(self.manifest["shards"]), kw.get("world", 1), num_workers)
+        if idle:
+            warnings.warn(f"cache {self.store.url} has {len(self.manifest['shards'])} shards for {kw.get('world', 1)} rank(s) x "
+                          f"{num_workers} loader workers: {idle} worker(s) per rank get no shard and stop; use fewer --num-workers")
         return DataLoader(self.dataset(batch_size, **kw), batch_size=None, num_workers=num_workers,
                           persistent_workers=num_workers > 0)
+
+
+def idle_workers(shards: int, world: int, workers: int) -> int:
+    """Loader workers of the rank with the fewest shards that get none (ranks split shards first, then workers)."""
+    return max(0, workers - shards // max(world, 1)) if workers > 0 else 0
 
 
 class CacheStream(IterableDataset):
@@ -78,6 +88,8 @@ class CacheStream(IterableDataset):
 
     def _shards(self, worker: int, workers: int) -> Iterator[dict]:
         epoch, all_shards = 0, self.reader.manifest["shards"]
+        if not shard_order(all_shards, self.seed, 0, self.rank, self.world, worker, workers, shuffle=False):
+            return  # more workers than this rank's shards: this one has nothing to read, every epoch; end now
         while self.epochs is None or epoch < self.epochs:
             if len(self._bad) >= len(all_shards):  # with on_bad='skip' the stream would otherwise spin, empty, forever
                 raise DkdmError(f"every shard of cache {self.reader.store.url} is bad; nothing to train on")
@@ -109,7 +121,7 @@ class CacheStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        gen = torch.Generator().manual_seed(self.seed * 7919 + self.rank * 104729 + worker)
+        gen = torch.Generator().manual_seed(seeds.worker(self.seed, self.rank, worker))
         buf = TensorShuffleBuffer(self.buffer, self.batch_size, gen)
         for x, t, target, cond in buf.batches(self._blocks(worker, workers)):
             yield x.float(), t, target.float(), cond

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import fsspec
@@ -22,6 +24,7 @@ class Store:
 
     def __init__(self, url: str | Path):
         self.url = str(url).rstrip("/")
+        self.opened = time.time()  # this writer's start: older temp files of its shards are leftovers
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
         except ImportError as exc:  # fsspec's "Install s3fs to access S3" carries no module name
@@ -93,13 +96,16 @@ class Store:
 
     def temp_file(self, rel_dir: str, suffix: str, owner: str = "") -> str:
         """A temp file on the same filesystem as the destination when local (so rename is atomic).
-        `owner` (a shard name) goes into the name, so that writer can remove the leftovers of a crashed run."""
+        `owner` (a shard name), host and pid go into the name, so a writer can remove the leftovers of a crashed
+        run, and never the live temp file of another writer of the same shard (see `is_stale`)."""
         if self.local:
             d = Path(self.path(rel_dir))
             d.mkdir(parents=True, exist_ok=True)
             for stale in d.glob(f".tmp-{owner}-*") if owner else ():
-                stale.unlink(missing_ok=True)
-            fd, name = tempfile.mkstemp(dir=d, prefix=f".tmp-{owner}-" if owner else ".tmp-", suffix=suffix)
+                if is_stale(stale, owner, self.opened):
+                    stale.unlink(missing_ok=True)
+            tag = f"{owner}-{_HOST}-{os.getpid()}-" if owner else ""
+            fd, name = tempfile.mkstemp(dir=d, prefix=f".tmp-{tag}", suffix=suffix)
         else:
             fd, name = tempfile.mkstemp(prefix="dkdm-", suffix=suffix)
         os.close(fd)
@@ -111,3 +117,29 @@ class Store:
     def remove(self, rel: str) -> None:
         if self.fs.exists(self.path(rel)):
             self.fs.rm(self.path(rel))
+
+
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+def is_stale(path: Path, owner: str, since: float) -> bool:
+    """A leftover temp file of `owner`: on this host, one whose writer process is gone; from another host (or
+    an older dkdm, no pid in the name), one last written before this writer started (`since`). A live writer's file (another
+    rank or host filling the same shard) is left alone."""
+    parts = path.name[len(f".tmp-{owner}-"):].split("-")
+    if len(parts) >= 3 and parts[0] == _HOST and parts[1].isdigit():
+        return not _alive(int(parts[1]))
+    try:
+        return path.stat().st_mtime < since
+    except FileNotFoundError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -232,8 +232,8 @@ def check_shard_entry(e: dict, m: dict, where: str) -> dict:
         files = _dict(e.get("files"), here, "files")
         want = expected_files(g, m["record"])
         if not any(p.endswith("zarr.json") for p in files):
-            _fail(here, "sidecar has no sha256 of the zarr metadata (written by dkdm < 0.3); regenerate the cache with "
-                        "`dkdm generate`, re-sealing cannot add it", BadShardError)
+            _fail(here, "lists no sha256 of the zarr metadata (a dkdm < 0.3 sidecar, or a forged entry); regenerate the "
+                        "cache with `dkdm generate`, re-sealing cannot add it", BadShardError)
         if sorted(files) != sorted(want):
             _fail(here, f"files {sorted(files)} are not the shard's files {sorted(want)}", BadShardError)
         for p, f in files.items():

@@ -8,6 +8,7 @@ import io
 import math
 import os
 import random
+import re
 import tarfile
 import zlib
 from collections import Counter
@@ -16,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import webdataset as wds
 
+from .. import seeds
 from ..compat import tar_samples
 from ..errors import BadShardError
 from . import records as rec
@@ -82,9 +84,9 @@ def read_verified(store: Store, shard: dict) -> bytes:
         size = store.size(rel)
         data = store.read_bytes(rel) if size == shard["bytes"] else b""
     except FileNotFoundError as exc:
-        raise BadShardError(f"shard {shard['file']} listed in the manifest of {store.url} is missing") from exc
+        raise BadShardError(f"shard {store.url}/{rel} listed in the manifest is missing") from None
     if size != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
-        raise BadShardError(f"shard {shard['file']} in {store.url} is corrupt or truncated "
+        raise BadShardError(f"shard {store.url}/{rel} is corrupt or truncated "
                             f"({size} bytes, expected {shard['bytes']}; sha256 mismatch); run `dkdm cache verify`")
     return data
 
@@ -123,14 +125,24 @@ def iter_shard_blocks(data: bytes, where: str, spec: RecordSpec | None = None) -
                 spec.check_block(block)
             yield block
     except (tarfile.TarError, ValueError, KeyError, OSError, EOFError, zlib.error) as exc:
-        raise BadShardError(f"shard {where} cannot be read as a dkdm tar shard: {exc}") from exc
+        # webdataset appends its (stream, url) source to exc.args: keep only the message, never a BytesIO repr
+        raise BadShardError(f"shard {where} cannot be read as a dkdm tar shard: {first_arg(exc)}") from None
     if spec is not None:
         spec.finish()
 
 
+def first_arg(exc: BaseException) -> str:
+    """An exception's own message, without what libraries append to its args; one line, bounded."""
+    msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
+    msg = re.sub(r" @ <[^>]*>", "", msg)  # tar_file_iterator appends " @ <_io.BytesIO object at 0x...>"
+    return (msg.strip().splitlines() or [type(exc).__name__])[0][:120]
+
+
 def shard_order(shards: list[dict], seed: int, epoch: int, rank: int, world: int, worker: int, workers: int, shuffle: bool) -> list[dict]:
-    """Each (rank, worker) gets its own slice of a per-epoch permutation: no shard read twice per epoch."""
+    """Each (rank, worker) gets its own slice of a per-epoch permutation: no shard read twice per epoch.
+    Ranks split first (every rank gets a shard when world <= shards), then a rank's workers split its slice;
+    a worker left without a shard gets [] and ends (CacheStream), so it cannot stall the DataLoader."""
     order = list(shards)
     if shuffle:
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order[rank * workers + worker:: world * workers]
+        random.Random(seeds.shard_order(seed, epoch)).shuffle(order)
+    return order[rank::world][worker::workers]

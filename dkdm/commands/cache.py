@@ -59,12 +59,16 @@ def register(app: typer.Typer, friendly) -> None:
 
     @cache_app.command("seal")
     @friendly
-    def cache_seal(cache: str = typer.Argument(...)):
+    def cache_seal(cache: str = typer.Argument(...),
+                   force: bool = typer.Option(False, "--force", help="Write the index even if it drops shards the old manifest listed.")):
         """Rebuild the manifest's index from the shard sidecars (after many writers, or an interruption)."""
         from ..cache.manifest import seal
         from ..cache.store import Store
 
-        m = seal(Store(cache))
+        m = seal(Store(cache), force=force)
+        if m["dropped"]:
+            typer.secho(f"warning: dropped {len(m['dropped'])} shard(s) the old manifest listed: {', '.join(m['dropped'][:5])}",
+                        fg=typer.colors.YELLOW, err=True)
         typer.echo(f"sealed {cache}: {m['totals']['shards']} shards, {m['totals']['records']} records")
 
     @cache_app.command("ls")

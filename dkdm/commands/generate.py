@@ -11,11 +11,10 @@ def register(app: typer.Typer, friendly) -> None:
     @command(app, friendly, "generate", GENERATE)
     def generate(cfg, quiet: bool = typer.Option(False, help="No progress bar.")):
         """Walk teacher trajectories and write them to a synthetic-data cache (resumable, many writers)."""
-        from accelerate import PartialState
-
         from ..generate import generate as run
+        from ..runtime import distributed_state
 
-        state = PartialState(cpu=cfg.device == "cpu")
+        state = distributed_state(cfg.device, "generate")
         res = run(cfg, rank=state.process_index, world=state.num_processes, progress=not quiet,
                   barrier=state.wait_for_everyone if state.num_processes > 1 else None)
         if state.is_main_process:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import DkdmError
 from ..runtime import atomic_write_json, chmod_tree
+from .checkpoint_check import check_parts, refuse
 
 NAME = re.compile(r"^step-(\d{8})$")
 
@@ -104,23 +105,35 @@ def read_state(folder: Path) -> dict:
     return state
 
 
-def load(acc, folder: Path, ema, lr_sched, sources: dict) -> dict:
+def load(acc, folder: Path, ema, lr_sched, sources: dict, opt=None, batches_per_step: int = 1) -> dict:
+    """Resume from `folder`: every part is checked first (checkpoint_check), then loaded; refusals name the file."""
     state = read_state(folder)
+    if opt is not None:
+        ema_tensors, ema_meta, lr_state = check_parts(folder, acc.process_index, opt, lr_sched, ema)
     try:
         acc.load_state(str(folder))
-        ema_tensors = load_tensors(folder / "ema.safetensors")
-        ema_meta = json.loads((folder / "ema.json").read_text())
-        lr_state = json.loads((folder / "lr_scheduler.json").read_text())
+        if opt is None:
+            ema_tensors = load_tensors(folder / "ema.safetensors")
+            ema_meta = json.loads((folder / "ema.json").read_text())
+            lr_state = json.loads((folder / "lr_scheduler.json").read_text())
     except Exception as exc:  # truncated safetensors, refused pickles, missing files: many exception types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise DkdmError(f"checkpoint {folder} cannot be loaded ({type(exc).__name__}: {first}); "
-                        "resume from another checkpoint") from exc
+                        "resume from another checkpoint") from None
     for name, src in sources.items():
         f = folder / f"data_{name}_{acc.process_index}.safetensors"
         if not f.is_file():
             raise DkdmError(f"checkpoint {folder} has no data position for source {name!r} on rank {acc.process_index}; "
                             "resume with the same sources and number of processes")
-        src.load_state_dict(load_tensors(f))
+        try:
+            src.load_state_dict(load_tensors(f))
+        except DkdmError as exc:
+            raise refuse(f, f"does not fit this run ({exc})") from None
+        except Exception as exc:  # missing keys, wrong shapes or dtypes, a forged generator state
+            raise refuse(f, f"is not a data position of this run ({type(exc).__name__})") from None
+        consumed = getattr(src, "consumed", None)
+        if consumed is not None and consumed != state["step"] * batches_per_step:
+            raise refuse(f, f"says {consumed} batches were read, not the {state['step'] * batches_per_step} of step {state['step']}")
     for k, v in ema_tensors.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise DkdmError(f"checkpoint {folder}: ema.safetensors holds NaN/Inf ({k}); resume from an earlier checkpoint")
@@ -128,7 +141,7 @@ def load(acc, folder: Path, ema, lr_sched, sources: dict) -> dict:
         load_ema(ema, {k: v.to(acc.device) for k, v in ema_tensors.items()}, ema_meta)
         lr_sched.load_state_dict(lr_state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise DkdmError(f"checkpoint {folder} does not fit this run ({type(exc).__name__}: {exc})") from None
+        raise DkdmError(f"checkpoint {folder} does not fit this run ({type(exc).__name__}: {str(exc)[:120]})") from None
     return state
 
 

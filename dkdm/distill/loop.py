@@ -16,7 +16,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from .. import config as cfgmod
-from .. import coverage
+from .. import coverage, seeds
 from ..cache.embeddings import read_embeddings
 from ..cache.reader import CacheReader
 from ..config import DistillConfig
@@ -25,7 +25,7 @@ from ..cache.store import Store
 from ..errors import DkdmError, Interrupted, NonFiniteError
 from ..latent import check_vae, export_latent_student, is_latent_cache
 from ..progress import progress_bar
-from ..runtime import accelerator, atomic_write_json, positive
+from ..runtime import accelerator, atomic_write_json, check_world, positive, use_cpu
 from ..schedulers import make_scheduler
 from ..students import build_student, count_params, student_spec_for
 from ..teacher import load_teacher
@@ -41,15 +41,10 @@ from .trainer import Batch, StudentTrainer
 
 SOURCES = ("cache", "live", "both")
 PRECISIONS = ("no", "fp16", "bf16")
-# settings a resumed run must share with the checkpoint, or the data stream would not line up
-
-
-def live_noise_seed(seed: int, rank: int) -> int:
-    """A seed for the live pool's noise stream, per run seed and rank, unrelated to the small integer
-    seeds of cached trajectories: a live pool does not re-walk a cached trajectory, and ranks differ."""
-    return int.from_bytes(hashlib.sha256(f"dkdm-live-pool/{seed}/{rank}".encode()).digest()[:4], "big") | (1 << 31)
-
-RESUME_KEYS = ("source", "sampler", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real")
+# settings a resumed run must share with the checkpoint, or the data stream would not line up; num_workers too:
+# each loader worker reads its own shard slice with its own generator
+RESUME_KEYS = ("source", "sampler", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real",
+               "num_workers")
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -85,6 +80,8 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.batch_size * cfg.grad_accum > 1 << 20 or cfg.steps > 1 << 31 or cfg.shuffle_buffer > 1 << 24:
         raise DkdmError(f"batch size {cfg.batch_size} x {cfg.grad_accum}, steps {cfg.steps} or shuffle buffer "
                         f"{cfg.shuffle_buffer} is absurdly large; check the flags")
+    if not (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0):
+        raise DkdmError(f"--grad-clip must be a finite number >= 0 (0 = no clipping), got {cfg.grad_clip}")
     if cfg.mixed_precision not in PRECISIONS:
         raise DkdmError(f"--mixed-precision must be one of {PRECISIONS}, got {cfg.mixed_precision!r}")
     if cfg.feature_kd > 0 and (cfg.source == "both" or cfg.real_ratio >= 1 or not cfg.teacher):
@@ -101,9 +98,10 @@ def row_split(cfg: DistillConfig) -> dict:
 
 
 def _accelerator(cfg: DistillConfig):
-    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     kw = {"log_with": "tensorboard", "project_dir": cfg.out} if use_tensorboard(cfg) else {}
-    return accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, **kw)
+    acc = accelerator(cpu=use_cpu(cfg.device), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, **kw)
+    check_world(acc.num_processes, "distill")
+    return acc
 
 
 class _StopFlag:
@@ -135,7 +133,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     validate(cfg)
     out = Path(cfg.out)
     acc = _accelerator(cfg)
-    torch.manual_seed(cfg.seed + acc.process_index)
+    torch.manual_seed(seeds.rank(cfg.seed, acc.process_index))  # init, dropout: sources have their own generators
     device, rank = acc.device, acc.process_index
     rows = row_split(cfg)
     needs_teacher = rows["live"] > 0 or bool(cfg.teacher)
@@ -175,8 +173,9 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         teacher_tap = BlockTap(teacher.unet, list(pairs.values()), detach=True)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     lr_sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
-    ema = EMAModel(student.parameters(), decay=cfg.ema_decay)
     student, opt = acc.prepare(student, opt)
+    # after prepare: DDP has broadcast rank 0's weights, so every rank's EMA starts from the same student
+    ema = EMAModel(acc.unwrap_model(student).parameters(), decay=cfg.ema_decay)
     ema.to(device)
 
     sources = {}
@@ -185,15 +184,14 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                                        cfg.num_workers, device, on_bad="skip" if cfg.on_bad_shard == "skip" else "error")
     if rows["live"]:
         pool = TeacherPool(teacher, sched, walk_kind, cfg.pool, rows["live"], rho=cfg.rho, eta=cfg.sampler.eta,
-                           seed=cfg.seed * 1000 + rank, device=device, lazy=True,
-                           noise_seed_base=live_noise_seed(cfg.seed, rank), coverage=walk_cov)
+                           seed=cfg.seed, rank=rank, device=device, lazy=True, coverage=walk_cov)
         sources["live"] = PoolSource(pool)
     if rows["real"]:
         images = load_real_images(cfg.real, channels, spec.sample_size)
-        sources["real"] = RealNoised(images, noise_sched, rows["real"], seed=cfg.seed * 1000 + 500 + rank, device=device)
+        sources["real"] = RealNoised(images, noise_sched, rows["real"], seed=seeds.real(cfg.seed, rank), device=device)
 
     trainer = StudentTrainer(acc, student, opt, lr_sched, ema, channels, noise_sched, kl_weight=cfg.kl_weight,
-                             feature_kd=cfg.feature_kd, student_tap=student_tap)
+                             feature_kd=cfg.feature_kd, student_tap=student_tap, clip=cfg.grad_clip)
     resume_from = ckpt.resolve_resume(out, cfg.resume)
     start, seen_before = 0, 0
     resolved = cfgmod.to_dict(cfg)
@@ -205,11 +203,11 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                             f"number of processes ({state['world']}, now {acc.num_processes}); resume with the same ones")
         if state["step"] > cfg.steps:
             raise DkdmError(f"checkpoint {resume_from} is at step {state['step']}, past --steps {cfg.steps}")
-        ckpt.load(acc, resume_from, ema, lr_sched, sources)
+        ckpt.load(acc, resume_from, ema, lr_sched, sources, opt=opt, batches_per_step=cfg.grad_accum)
         check_finite(acc.unwrap_model(student), f"checkpoint {resume_from}")
         start, seen_before = state["step"], state["records_seen"]
     elif rows["live"] and cfg.pool_init == "cache":
-        seed_reader = reader.loader(min(256, sources["live"].pool.size), num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed + 1, rank=rank,
+        seed_reader = reader.loader(min(256, sources["live"].pool.size), num_workers=0, shuffle_buffer=cfg.shuffle_buffer, seed=seeds.pool_init(cfg.seed), rank=rank,
                                     world=acc.num_processes)
         sources["live"].pool.seed_from(seed_reader)
 
@@ -281,7 +279,9 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                "seconds": seconds, "records_per_s": (seen - seen_before) / max(seconds, 1e-9), "final_loss": loss,
                "source": cfg.source, "pool": cfg.pool if rows["live"] else None, "rows": rows,
                "teacher_forwards": sources["live"].pool.teacher_forwards if "live" in sources else 0,
-               "interrupted": interrupted, "world": acc.num_processes}
+               "interrupted": interrupted, "world": acc.num_processes,
+               # every rank's EMA must be the same model (DDP keeps the weights equal; the EMA must start equal too)
+               "ema_sha256": tensors_sha256(ema.shadow_params)}
     if interrupted:
         acc.end_training()
         if acc.is_main_process:
@@ -296,7 +296,10 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
             ema.copy_to(final.parameters())
         final.eval()
         card = {"teacher": teacher.describe() if teacher else reader.manifest["teacher"],
-                "cache_id": reader.manifest["cache_id"] if reader else None, "weights": "ema" if cfg.export_ema else "raw",
+                "cache_id": reader.manifest["cache_id"] if reader else None,
+                # the noise it was trained on: `dkdm evaluate` refuses to score it on the same seeds
+                "trained_on": seeds.trained_on(reader.manifest)
+                if reader is not None and (rows["cache"] or rows["live"] and cfg.pool_init == "cache") else None, "weights": "ema" if cfg.export_ema else "raw",
                 "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary,
                 "student": student_info}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
@@ -326,8 +329,15 @@ def conditioning_table(reader, teacher, rows: dict, device) -> torch.Tensor | No
     return table["emb"].to(device)
 
 
+def tensors_sha256(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _any_rank(acc, flag: bool) -> bool:
-    """Ranks agree on stopping, or DDP would hang with one rank gone."""
-    if acc.num_processes == 1:
-        return flag
-    return bool(acc.reduce(torch.tensor([int(flag)], device=acc.device), reduction="sum").item())
+    """Ranks agree on stopping, or DDP would hang with one rank gone: accelerate's trigger is one all-reduce."""
+    if flag:
+        acc.set_trigger()
+    return acc.check_trigger()

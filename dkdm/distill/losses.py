@@ -44,12 +44,13 @@ def coefficients(betas: torch.Tensor) -> dict[str, torch.Tensor]:
 _TABLES: dict = {}
 
 
-def _tables(sched) -> dict[str, torch.Tensor]:
+def _tables(sched, device) -> dict[str, torch.Tensor]:
+    """The tables on `device`, computed and moved once per scheduler (not five host->device copies per call)."""
     betas = sched.betas
-    key = (id(sched), betas.data_ptr(), len(betas))
+    key = (id(sched), betas.data_ptr(), len(betas), str(device))
     if key not in _TABLES:
         _TABLES.clear()
-        _TABLES[key] = coefficients(betas)
+        _TABLES[key] = {k: v.to(device) for k, v in coefficients(betas).items()}
     return _TABLES[key]
 
 
@@ -68,10 +69,10 @@ def _posterior(sched, eps: torch.Tensor, v: torch.Tensor, x_t: torch.Tensor, t: 
 
 def _lookup(sched, x_t: torch.Tensor, t: torch.Tensor):
     """name -> that float64 table at each sample's t, shaped to broadcast over x_t."""
-    tab = _tables(sched)
+    tab = _tables(sched, x_t.device)
     shape = (-1,) + (1,) * (x_t.dim() - 1)
-    tc = t.detach().to("cpu", torch.long)
-    return lambda name: tab[name][tc].to(x_t.device).view(shape)
+    tc = t.detach().to(x_t.device, torch.long)
+    return lambda name: tab[name][tc].view(shape)
 
 
 def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:

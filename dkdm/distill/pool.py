@@ -15,8 +15,9 @@ import torch
 
 from .. import coverage as cov
 from ..errors import DkdmError
+from .. import seeds
 from ..sampling import initial_noise
-from ..schedulers import SINGLE_STEP, step_mixed
+from ..schedulers import SINGLE_STEP, deterministic_step, step_mixed
 
 VARIANTS = ("iterative", "shuffled", "dynamic")
 
@@ -24,7 +25,11 @@ VARIANTS = ("iterative", "shuffled", "dynamic")
 class TeacherPool:
     def __init__(self, teacher, sched, sampler_kind: str, variant: str, batch_size: int, rho: float = 0.4,
                  eta: float = 0.0, seed: int = 0, device="cpu", init_batch: int = 256, lazy: bool = False,
-                 noise_seed_base: int | None = None, coverage: str = "grid"):
+                 noise_seed_base: int | None = None, coverage: str = "grid", rank: int = 0,
+                 trajectory_noise_from: int | None = None):
+        """Noise (fresh members and the step noise of DDPM / DDIM eta > 0) and draws come from the pool's own
+        generators, seeded by purpose (dkdm.seeds) and saved with it. `trajectory_noise_from=j` starts member i
+        from cached trajectory j+i's noise instead (base seed 0): for comparing the pool with whole walks."""
         if variant not in VARIANTS:
             raise DkdmError(f"unknown pool variant {variant!r}; choose one of {VARIANTS}")
         if sampler_kind not in SINGLE_STEP:
@@ -37,11 +42,10 @@ class TeacherPool:
         cov.check(coverage)
         size = batch_size if variant != "dynamic" else max(batch_size, int(round(rho * self.T * batch_size)))
         self.size = size
-        self.next_seed = seed * 2**32
-        # torch's CPU generator keeps only the low 32 bits of a seed, so per-sample seeds like
-        # base*2^32+i collide across bases; a run's pool draws fresh noise from its own stream instead
-        self.noise_gen = None if noise_seed_base is None else torch.Generator().manual_seed(noise_seed_base)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.next_seed = trajectory_noise_from
+        base = seeds.pool(seed, rank) if noise_seed_base is None else noise_seed_base
+        self.noise_gen = torch.Generator().manual_seed(base)
+        self.gen = torch.Generator().manual_seed(seeds.pool_draws(seed, rank))
         if variant == "iterative":
             self.idx = torch.zeros(size, dtype=torch.long)
         else:  # uniformly spread step indices
@@ -94,12 +98,17 @@ class TeacherPool:
         return self.size
 
     def _fresh(self, n: int) -> torch.Tensor:
-        if self.noise_gen is not None:
+        if self.next_seed is None:
             noise = torch.randn((n, *self.teacher.sample_shape), generator=self.noise_gen)
-        else:  # per-sample seeds: pool member i starts from the noise of `sample(seeds=[i])`
-            noise, _ = initial_noise(range(self.next_seed, self.next_seed + n), self.teacher.sample_shape, "cpu")
-        self.next_seed += n
+        else:  # member i starts from the noise of `sample(seeds=[trajectory seed i])`
+            noise, _ = initial_noise([seeds.trajectory(0, j) for j in range(self.next_seed, self.next_seed + n)],
+                                     self.teacher.sample_shape, "cpu")
+            self.next_seed += n
         return (noise * self.sched.init_noise_sigma).to(self.device)
+
+    def _step_gen(self):
+        """DDPM and DDIM eta > 0 draw step noise: from the pool's stream, never the process RNG (init, dropout)."""
+        return self.noise_gen if self.eta > 0 or not deterministic_step(self.sched) else None
 
     @torch.no_grad()
     def _advance_to_targets(self, chunk: int) -> None:
@@ -115,7 +124,7 @@ class TeacherPool:
                 t = (self.timesteps[cur[active]] + self.shift[active]).to(self.device)
                 out = self.teacher(self.x[active], t)
                 self.teacher_forwards += len(active)
-                self.x[active] = step_mixed(self.sched, out, t, self.x[active], eta=self.eta, guided_ddim=True)
+                self.x[active] = step_mixed(self.sched, out, t, self.x[active], eta=self.eta, generators=self._step_gen(), guided_ddim=True)
                 cur[active] += 1
 
     @torch.no_grad()
@@ -132,7 +141,7 @@ class TeacherPool:
         t = self.t_of(sel).to(self.device)
         out = self.teacher(x, t)  # the last teacher call of a draw: feature taps see exactly this batch
         self.teacher_forwards += len(sel)
-        self.x[sel_d] = step_mixed(self.sched, out, t, x, eta=self.eta, guided_ddim=True)
+        self.x[sel_d] = step_mixed(self.sched, out, t, x, eta=self.eta, generators=self._step_gen(), guided_ddim=True)
         self.idx[sel] += 1
         done = sel[self.idx[sel] >= self.T]
         if len(done):  # finished trajectories restart from fresh noise
@@ -145,21 +154,32 @@ class TeacherPool:
     def state_dict(self) -> dict:
         if self.x is None:
             self.build()
-        return {"x": self.x.cpu(), "idx": self.idx, "shift": self.shift, "started": torch.tensor(self.started),
+        # copies: the pool keeps changing its tensors in place after a snapshot
+        return {"x": self.x.detach().cpu().clone(), "idx": self.idx.clone(), "shift": self.shift.clone(), "started": torch.tensor(self.started),
                 "gen": self.gen.get_state(),
-                "next_seed": torch.tensor(self.next_seed, dtype=torch.long),
-                **({"noise_gen": self.noise_gen.get_state()} if self.noise_gen is not None else {}),
+                "next_seed": torch.tensor(-1 if self.next_seed is None else self.next_seed, dtype=torch.long),
+                "noise_gen": self.noise_gen.get_state(),
                 "teacher_forwards": torch.tensor(self.teacher_forwards, dtype=torch.long)}
 
     def load_state_dict(self, state: dict) -> None:
         if tuple(state["x"].shape[:1]) != (self.size,):
             raise DkdmError(f"checkpointed pool holds {state['x'].shape[0]} samples, this run's pool {self.size}")
+        if tuple(state["x"].shape[1:]) != tuple(self.teacher.sample_shape) or not torch.isfinite(state["x"]).all():
+            raise DkdmError(f"checkpointed pool samples are not finite {tuple(self.teacher.sample_shape)} images")
+        idx, shift = state["idx"], state.get("shift", torch.zeros(self.size, dtype=torch.long))
+        for k, v in (("idx", idx), ("shift", shift)):
+            if v.dtype != torch.long or tuple(v.shape) != (self.size,):
+                raise DkdmError(f"checkpointed pool {k} is not {self.size} integers")
+        if bool((idx < 0).any() or (idx >= self.T).any()):
+            raise DkdmError(f"checkpointed pool step indices are not in [0, {self.T})")
+        t = self.timesteps[idx] + shift
+        if bool((t < 0).any() or (t >= self.T_train).any()):
+            raise DkdmError(f"checkpointed pool shifts move timesteps out of [0, {self.T_train})")
         self.x = state["x"].to(self.device)
         self.idx = state["idx"].clone()
         if "shift" in state:
             self.shift, self.started = state["shift"].clone(), int(state["started"])
         self.gen.set_state(state["gen"])
-        self.next_seed = int(state["next_seed"])
-        if self.noise_gen is not None:
-            self.noise_gen.set_state(state["noise_gen"])
+        self.next_seed = None if int(state["next_seed"]) < 0 else int(state["next_seed"])
+        self.noise_gen.set_state(state["noise_gen"])
         self.teacher_forwards = int(state["teacher_forwards"])

@@ -14,7 +14,8 @@ from .. import config as cfgmod
 from ..config import EvaluateConfig
 from ..errors import DkdmError
 from ..imaging import save_png, side_by_side
-from ..runtime import atomic_write_bytes, atomic_write_json, pick_device, positive
+from ..progress import progress_bar
+from ..runtime import atomic_write_bytes, atomic_write_json, check_world, pick_device, positive
 from ..sampling import sample_many, unet_fn
 from ..schedulers import KINDS, make_scheduler
 from ..students import count_params
@@ -24,6 +25,7 @@ from .embeddings import embed
 from .energy import open_counter
 from .features import extract, load_extractor
 from .models import load_student_unet, student_name
+from .overlap import check_seed_overlap, noise_seeds, seed_rule
 from .paired import is_deterministic, paired_scores
 from .reference import real_reference, teacher_reference
 from .report_md import render_markdown
@@ -41,6 +43,8 @@ def _check(cfg: EvaluateConfig) -> None:
         raise DkdmError("num_samples must be at least 2 (FID needs a covariance)")
     if not cfg.students:
         raise DkdmError("give at least one --student folder to compare with the teacher")
+    if cfg.seed < 0:
+        raise DkdmError(f"--seed must be >= 0 (the first evaluation sample index), got {cfg.seed}")
     bad = [s for s in cfg.sweep_schedulers if s not in KINDS]
     if bad:
         raise DkdmError(f"unknown sweep scheduler(s) {bad}; choose from {sorted(KINDS)}")
@@ -62,6 +66,9 @@ def _sample(name, unet, sched, seeds, shape, cfg, device, progress, eta=None):
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     _check(cfg)
+    check_world(1, "evaluate")
+    n_seeds = max(cfg.num_samples, cfg.sweep_samples if cfg.sweep_schedulers else 0)
+    overlaps = check_seed_overlap(cfg.students, cfg.seed_space, cfg.seed, n_seeds, cfg.allow_seed_overlap)
     t_start = time.time()
     device = pick_device(cfg.device)
     teacher = load_teacher(cfg.teacher, device)
@@ -73,7 +80,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         cfg = dataclasses.replace(cfg, sampler=dataclasses.replace(cfg.sampler, timestep_spacing=spacing))
     steps = len(sched.timesteps)
     extractor = load_extractor(cfg.features, shape, cfg.inception or None, device=device)
-    seeds = range(cfg.seed, cfg.seed + cfg.num_samples)
+    seeds = noise_seeds(cfg.seed_space, cfg.seed, cfg.num_samples)
 
     models = {"teacher": teacher.unet}
     for s in cfg.students:
@@ -87,7 +94,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     ref_spec = cfg.reference if cfg.reference != "auto" else ("digits" if shape == (1, 16, 16) else "teacher")
     if ref_spec == "teacher":  # data-free: the teacher's samples at other seeds are the reference
         ref_seeds = range(cfg.seed + cfg.num_samples, cfg.seed + 2 * cfg.num_samples)
-        ref_imgs = _sample("teacher (reference seeds)", teacher.unet, sched, ref_seeds, shape, cfg, device, progress)
+        ref_imgs = _sample("teacher (reference seeds)", teacher.unet, sched,
+                           noise_seeds(cfg.seed_space, ref_seeds.start, len(ref_seeds)), shape, cfg, device, progress)
         ref = teacher_reference(extract(extractor, ref_imgs, "reference", progress=progress), ref_seeds)
     else:
         if ref_spec == "digits" and shape[0] != 1:
@@ -133,7 +141,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     if cfg.sweep_schedulers:
         sweep_seeds = range(cfg.seed, cfg.seed + cfg.sweep_samples)
         points = run_sweep({n: unet_fn(u) for n, u in models.items()}, teacher.scheduler_config, cfg.sweep_schedulers,
-                           cfg.sweep_steps, sweep_seeds, shape, cfg.batch_size, extractor, ref, counter=counter,
+                           cfg.sweep_steps, noise_seeds(cfg.seed_space, cfg.seed, cfg.sweep_samples), shape, cfg.batch_size, extractor, ref, counter=counter,
                            timestep_spacing=cfg.sampler.timestep_spacing, device=device, progress=progress)
         # Sweep FIDs use fewer samples (biased upwards): the default target comes from the sweep itself.
         target = cfg.target_fid or 1.25 * min(p["fid"] for p in points if p["model"] == "teacher")
@@ -168,6 +176,9 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         "paired_sampler": {**cfgmod.to_dict(paired_cfg), "reused_main_samples": paired_cfg is cfg.sampler},
         "num_samples": cfg.num_samples,
         "seeds": [cfg.seed, cfg.seed + cfg.num_samples - 1],
+        "seed_space": cfg.seed_space,
+        "seed_rule": seed_rule(cfg.seed_space),
+        "seed_overlap": overlaps,  # evaluation samples per student that start from one of its training trajectories
         "reference": {"name": ref.name, "kind": ref.kind, "n": ref.n, "statistics_file": ref.cached,
                       "kid_available": ref.feats is not None},
         "feature_extractor": extractor.name,
