@@ -90,3 +90,11 @@ def test_files_are_short_and_the_cli_is_thin():
     long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert long == {}
     assert len((PKG / "cli.py").read_text().splitlines()) < 150
+
+
+def test_every_module_imports():
+    """A name moved or removed in one module breaks its importers at import time: catch it here, not in a command."""
+    import importlib
+
+    for mod in sorted(module_names()):
+        importlib.import_module(mod)

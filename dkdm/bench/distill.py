@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from ..cache.reader import CacheReader
@@ -22,7 +23,6 @@ from ..runtime import accelerator, positive
 from ..schedulers import make_scheduler
 from ..students import build_unet, count_params, student_spec_for
 from ..teacher import load_teacher
-from ..train import warmup_lambda
 
 SECTION = "## Distill"
 
@@ -31,7 +31,7 @@ def _trainer(cfg: DistillConfig, spec, acc):
     torch.manual_seed(cfg.seed)
     student = build_unet(spec)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(cfg.warmup_steps))
+    lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.warmup_steps)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay)
     student, opt = acc.prepare(student, opt)
     return StudentTrainer(acc, student, opt, lr_sched, ema, spec.in_channels), count_params(student)
