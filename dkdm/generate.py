@@ -21,7 +21,7 @@ from .cache.limits import check
 from .errors import DkdmError, NonFiniteError
 from .latent import PairedGuidance
 from .progress import progress_bar
-from .runtime import pick_device, positive
+from .runtime import check_world, pick_device, positive
 from . import seeds
 from .sampling import sample
 from . import coverage
@@ -109,6 +109,7 @@ def generate(cfg: GenerateConfig, rank: int = 0, world: int = 1, progress: bool 
              stop_after_shards: int | None = None) -> dict:
     """Fill the shards this rank owns (shard g where g % world == rank); rank 0 seals at the end."""
     validate(cfg)
+    check_world(world, "generate")
     device = pick_device(cfg.device)
     if device.type == "cuda" and device.index is None and world > 1:  # one GPU per rank, as accelerate places them
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())

@@ -106,14 +106,20 @@ def test_two_writers_with_the_default_device(tiny_teacher, tmp_path):
     assert not list((out / "shards").glob(".tmp-*")) and verify(str(out)) == []
 
 
-def test_a_launched_process_that_sees_a_world_of_1_is_refused(monkeypatch):
+def test_a_launched_process_that_sees_a_world_of_1_is_refused(tiny_teacher, tmp_path, monkeypatch):
+    from dkdm.config import EvaluateConfig
     from dkdm.errors import DkdmError
+    from dkdm.evaluate.run import evaluate
     from dkdm.runtime import check_world
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for command in ("generate", "distill", "evaluate"):
         with pytest.raises(DkdmError, match="WORLD_SIZE=2"):
             check_world(1, command)
+    with pytest.raises(DkdmError, match="WORLD_SIZE=2"):
+        generate(gen_cfg(tiny_teacher, tmp_path / "c"), rank=0, world=1, progress=False)
+    with pytest.raises(DkdmError, match="evaluate runs in one process"):
+        evaluate(EvaluateConfig(teacher=str(tiny_teacher), students=[str(tiny_teacher)], out=str(tmp_path / "ev")), progress=False)
     check_world(2, "generate")  # a real world of 2 is fine
     monkeypatch.setenv("WORLD_SIZE", "1")
     check_world(1, "generate")
