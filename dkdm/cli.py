@@ -409,6 +409,7 @@ from .commands import t2i as _t2i  # noqa: E402
 from .commands.students import students_app  # noqa: E402  (issue 11)
 
 _t2i.register(app, friendly)
+from .commands import tune as _tune; _tune.register(app, friendly)  # noqa: E402,E702  (issue 21)
 app.command("serve")(friendly(_serve.serve))
 bench_app.command("serve")(friendly(_serve.bench_serve))
 app.add_typer(students_app, name="students")
