@@ -183,6 +183,7 @@ class TuneConfig:
     default_guidance: float = 3.0  # text models; the default template is prompt_templates[0]
     quality_factor: float = 1.1  # feasible: FID <= quality_factor x the default's FID
     adherence_drop: float = 0.02  # text models, feasible: adherence >= the default's minus this
+    confirm_rounds: int = 3  # re-time the default and the chosen settings, taking turns, this many rounds (0 = off)
     energy: str = "auto"  # auto (zeus-ml, else the hardware counter, else seconds) | zeus | counter | none
     reference: str = "auto"  # as [evaluate]: auto = digits for 1x16x16 images
     cache_root: str = "cache"  # reference statistics are cached here

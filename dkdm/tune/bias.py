@@ -52,3 +52,20 @@ def bias_of(labels, num_classes: int = 10) -> dict:
     counts = class_histogram(labels, num_classes)
     return {"tv_to_uniform": tv_to_uniform(counts), "normalised_entropy": normalised_entropy(counts),
             "histogram": counts.tolist(), "samples": int(counts.sum())}
+
+
+def tv_interval(counts, level: float = 0.9, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Parametric bootstrap of TV over the sampling of this many images from the observed class shares: two
+    settings whose intervals overlap are not told apart by this sample size."""
+    c = np.asarray(counts, dtype=np.int64)
+    n = int(c.sum())
+    b = np.random.default_rng(seed).multinomial(n, c / n, size=draws) / n
+    tv = 0.5 * np.abs(b - 1.0 / len(c)).sum(1)
+    lo, hi = np.quantile(tv, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def uniform_floor(n: int, num_classes: int = 10, draws: int = 4000, seed: int = 0) -> float:
+    """Mean TV of n images from a perfectly balanced sampler: the lowest bias n samples can show."""
+    b = np.random.default_rng(seed).multinomial(n, [1.0 / num_classes] * num_classes, size=draws) / n
+    return float((0.5 * np.abs(b - 1.0 / num_classes).sum(1)).mean())

@@ -37,6 +37,10 @@ def render(r: dict) -> str:
     if h:
         lines += ["## Against the default", "", f"- default (trial {h['default']['trial']}): {label(h['default']['setting'])}: "
                   f"{_obj(h['default']['objectives'], unit)}"]
+        for name, md in h.get("model_defaults", {}).items():
+            if name != "teacher":
+                got = _obj(md["objectives"], unit) if md["objectives"] else f"FAILED: {md['error']}"
+                lines.append(f"- {name} at the same default (trial {md['trial']}): {label(md['setting'])}: {got}")
         for key, what in (("equal_quality", "cheapest at equal or better quality"),
                           ("within_constraint", "cheapest within the constraint")):
             c = h.get(key)
@@ -50,6 +54,26 @@ def render(r: dict) -> str:
             red = "" if b["bias_reduction"] is None else f" ({100 * b['bias_reduction']:.0f}% lower)"
             lines.append(f"- least biased feasible (trial {b['trial']}): {label(b['setting'])}: bias {b['objectives']['bias']:.3f} "
                          f"vs the default's {h['default']['objectives']['bias']:.3f}{red}")
+            nz = h["bias_noise"]
+            iv = {k: f"{a:.3f}..{c:.3f}" for k, (a, c) in nz["tv_interval_90"].items()}
+            lines.append(f"  - sampling noise: 90% bootstrap intervals default {iv['default']}, least biased {iv['best_bias']}; "
+                         f"a perfectly balanced sampler shows {nz['uniform_floor']:.3f} on average at this sample size. "
+                         f"Class histograms (digits 0-9): default {nz['histograms']['default']}, least biased "
+                         f"{nz['histograms']['best_bias']}.")
+        lines.append("")
+    cf = r.get("confirmed")
+    if cf:
+        by = {t["number"]: t for t in r["trials"]}
+        lines += [f"## Re-timed in turns ({cf['rounds']} rounds of {next(iter(cf['trials'].values()))['images_per_round']} "
+                  "images each, the settings taking turns in every round, so they share the machine's load)", "",
+                  "| trial | setting | seconds/img (median) | J/img (median) | cost / default's, per round (median) | cost reduction |",
+                  "|---|---|---|---|---|---|"]
+        for k, v in cf["trials"].items():
+            ratio = sorted(v["ratio_to_default"])[len(v["ratio_to_default"]) // 2]
+            j = v["median"]["joules_per_image"]
+            lines.append(f"| {k}{' (default)' if int(k) == cf['default_trial'] else ''} | {label(by[int(k)]['setting'])} | "
+                         f"{1e3 * v['median']['seconds_per_image']:.2f} ms | {'n/a' if j is None else f'{j:.3g}'} | "
+                         f"{ratio:.3f} | {100 * (1 - ratio):.0f}% |")
         lines.append("")
     lines += ["## Chosen setting per weighting", "", "Weights on min-max normalised objectives over the Pareto set.", "",
               "| weighting | trial | setting | objectives | recipe snippet | serve request |", "|---|---|---|---|---|---|"]

@@ -137,6 +137,28 @@ class Evaluator:
         return r
 
 
+    def retime(self, settings: dict, rounds: int) -> dict:
+        """Seconds (and joules) per image of one quality batch per setting, the settings taking turns in each round:
+        trial costs were measured minutes apart on a machine whose load moves; turns put the compared ones under
+        the same load."""
+        from ..serve.models import generate
+
+        seeds = self.seeds[:self.cfg.batch_size]
+        rows = {k: {"seconds_per_image": [], "joules_per_image": []} for k in settings}
+        for k, s in settings.items():  # warm-up
+            generate(self.models[s.model], seeds[:2], s.steps, s.scheduler, s.eta or 0.0, s.guidance or 1.0,
+                     self._prompts(s, self.subjects[:2]) if self.conditional else None, self.cfg.default.timestep_spacing)
+        for _ in range(rounds):
+            for k, s in settings.items():
+                _, windows = self._sample(s, seeds, self._prompts(s, self.subjects[:len(seeds)]) if self.conditional else None)
+                n = sum(c for _, c in windows)
+                rows[k]["seconds_per_image"].append(sum(w.seconds for w, _ in windows) / n)
+                if self.meter is not None:
+                    rows[k]["joules_per_image"].append(sum(w.joules for w, _ in windows) / n)
+        return {k: {"rounds": v, "median": {u: float(statistics.median(x)) if x else None for u, x in v.items()},
+                    "images_per_round": len(seeds)} for k, v in rows.items()}
+
+
 def read_subjects(path: str) -> list[str]:
     """The prompts file; a recipe's relative path (pipelines/...) is found from any directory."""
     from ..cache.embeddings import read_prompts

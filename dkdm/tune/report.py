@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import TuneConfig
 from ..runtime import atomic_write_bytes, atomic_write_json
+from .bias import tv_interval, uniform_floor
 from .space import apply_template
 
 SIGN = {"fid": 1, "adherence": -1, "cost": 1, "bias": 1}  # lower is better after the sign
@@ -27,6 +28,7 @@ def trial_rows(study, cost_unit: str) -> list[dict]:
         m = t.user_attrs.get("metrics")
         c = t.user_attrs.get("constraints")
         rows.append({"number": t.number, "state": t.state.name, "default": bool(t.user_attrs.get("default")),
+                     "model_default": t.user_attrs.get("model_default") or ("teacher" if t.user_attrs.get("default") else None),
                      "setting": t.user_attrs.get("setting"), "params": t.params,
                      "objectives": None if m is None else {"fid": m["fid"], "adherence": m.get("adherence"),
                                                           "cost": m[cost_unit], "bias": m.get("bias")},
@@ -72,7 +74,9 @@ def headline(rows: list[dict], cfg: TuneConfig) -> dict:
     default = next((r for r in rows if r["default"] and r["state"] == "COMPLETE"), None)
     if default is None:
         return {}
-    out = {"default": _brief(default)}
+    out = {"default": _brief(default),
+           "model_defaults": {r["setting"]["model"]: {**_brief(r), "state": r["state"], "error": r["error"]}
+                              for r in rows if r.get("model_default")}}
     c0 = default["objectives"]["cost"]
     for name, (f, drop) in {"equal_quality": (1.0, 0.0), "within_constraint": (cfg.quality_factor, cfg.adherence_drop)}.items():
         r = cheapest(rows, default, f, drop)
@@ -83,7 +87,21 @@ def headline(rows: list[dict], cfg: TuneConfig) -> dict:
         best = min(feas, key=lambda r: r["objectives"]["bias"])
         out["best_bias"] = {**_brief(best), "bias_reduction": 1 - best["objectives"]["bias"] / default["objectives"]["bias"]
                             if default["objectives"]["bias"] else None}
+        hist = {k: r["metrics"]["bias_detail"]["histogram"] for k, r in (("default", default), ("best_bias", best))}
+        out["bias_noise"] = {"tv_interval_90": {k: tv_interval(h) for k, h in hist.items()},
+                             "histograms": hist, "uniform_floor": uniform_floor(sum(hist["default"]), len(hist["default"]))}
     return out
+
+
+def picked_trials(rows: list[dict], cfg: TuneConfig, objectives: list[str]) -> list[int]:
+    """The default first, then every trial the report compares with it (headline and chosen settings)."""
+    h = headline(rows, cfg)
+    if not h:
+        return []
+    front = pareto_set(rows, objectives)
+    named = [h[k]["trial"] for k in ("equal_quality", "within_constraint", "best_bias") if h.get(k)]
+    named += [c["number"] for w, ws in WEIGHTINGS.items() if (c := choose(front, objectives, ws))]
+    return list(dict.fromkeys([h["default"]["trial"], *named]))
 
 
 def _brief(r: dict) -> dict:

@@ -95,21 +95,22 @@ def suggest(trial, cfg: TuneConfig, models: list[str], conditional: bool) -> Set
                    guidance=guidance, template=template)
 
 
-def default_params(cfg: TuneConfig, models: list[str], conditional: bool) -> dict:
-    """The default setting as optuna parameters (enqueued as trial 0): the teacher, tune.default, guidance, the
-    first template."""
+def default_params(cfg: TuneConfig, models: list[str], conditional: bool, model: str | None = None) -> dict:
+    """The default setting as optuna parameters for `model` (default: the teacher, models[0]): tune.default,
+    default_guidance, the first template. The teacher's is trial 0, the reference of the constraints."""
     d = cfg.default
+    model = model or models[0]
     if d.scheduler not in KINDS:
         raise DkdmError(f"tune.default.scheduler {d.scheduler!r} is not one of {sorted(KINDS)}")
-    opts = model_options(models[0], cfg)
+    opts = model_options(model, cfg)
     shared = all(model_options(m, cfg) == opts for m in models)
-    tag = "" if shared else f"@{models[0]}"
+    tag = "" if shared else f"@{model}"
     if d.scheduler not in opts["schedulers"] or d.steps not in opts["steps"]:
         raise DkdmError(f"the default setting {d.scheduler}-{d.steps} must lie inside the search space "
                         f"(schedulers {opts['schedulers']}, steps {opts['steps']}): add it to tune.schedulers / tune.steps")
     p = {"scheduler" + tag: d.scheduler, "steps" + tag: d.steps}
     if len(models) > 1:
-        p["model"] = models[0]
+        p["model"] = model
     if cfg.eta_max > 0:
         p["eta"] = min(round(d.eta * 4) / 4, cfg.eta_max)
     if conditional:

@@ -89,6 +89,20 @@ def finished(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
 
 
+def enqueue_defaults(study, cfg: TuneConfig, models: list[str], conditional: bool) -> None:
+    """Every model's default setting is a trial (teacher first: the constraints' reference), once per study."""
+    from optuna.trial import TrialState
+
+    live = [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.WAITING) or t.state == TrialState.FAIL and t.user_attrs.get("model_default")
+            and "interrupted" not in t.user_attrs.get("error", "")]
+    have = {t.user_attrs.get("model_default") or ("teacher" if t.user_attrs.get("default") else None) for t in live}
+    for name in models:
+        if name not in have:
+            study.enqueue_trial(default_params(cfg, models, conditional, name),
+                                user_attrs={"default": name == "teacher", "model_default": name})
+
+
 def default_setting(cfg: TuneConfig, conditional: bool) -> Setting:
     d = cfg.default
     return Setting(model="teacher", scheduler=d.scheduler, steps=d.steps, eta=d.eta if takes_eta(d.scheduler) else None,
@@ -119,8 +133,7 @@ def run_tune(cfg: TuneConfig, progress: bool = True, log=print) -> dict:
     objectives = ["fid"] + (["adherence"] if graded else []) + ["cost"] + (["bias"] if graded else [])
     cost_unit = "joules_per_image" if meter else "seconds_per_image"
     study = open_study(cfg, out, objectives, space_id(cfg, objectives, cost_unit))
-    if "default" not in study.user_attrs and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        study.enqueue_trial(default_params(cfg, list(models), conditional), user_attrs={"default": True})
+    enqueue_defaults(study, cfg, list(models), conditional)
     todo = max(0, cfg.trials - len(finished(study)))
     bar = progress_bar(todo, "tune", disable=not progress, unit="trial")
     echo = tqdm.write if progress else log  # a line per trial above the bar
@@ -161,7 +174,25 @@ def run_tune(cfg: TuneConfig, progress: bool = True, log=print) -> dict:
             study.optimize(objective, n_trials=todo, catch=(TrialFailed,), callbacks=[after], gc_after_trial=False)
     finally:
         bar.close()
-    meta = {"reference": ref_name, "device": str(device), "objectives": objectives, "cost_unit": cost_unit,
+    confirmed = confirm(study, ev, cfg, objectives, cost_unit, conditional) if cfg.confirm_rounds > 0 else None
+    meta = {"confirmed": confirmed, "reference": ref_name, "device": str(device), "objectives": objectives, "cost_unit": cost_unit,
             "energy": {"available": meter is not None, "meter": getattr(meter, "name", None), "unavailable_because": energy_why},
             "config": to_dict(dataclasses.replace(cfg)), "models": {n: m.describe() for n, m in models.items()}}
     return write_report(study, cfg, meta, out)
+
+
+def confirm(study, ev: Evaluator, cfg: TuneConfig, objectives: list[str], cost_unit: str, conditional: bool) -> dict | None:
+    """Re-time the default and every setting the report names against it, in turns (Evaluator.retime)."""
+    from .report import picked_trials, trial_rows
+
+    rows = trial_rows(study, cost_unit)
+    picks = picked_trials(rows, cfg, objectives)
+    if len(picks) < 2:
+        return None
+    by = {r["number"]: r for r in rows}
+    settings = {str(n): Setting(**by[n]["setting"]) for n in picks}
+    out = ev.retime(settings, cfg.confirm_rounds)
+    d = str(picks[0])
+    for k, v in out.items():
+        v["ratio_to_default"] = [a / b for a, b in zip(v["rounds"]["seconds_per_image"], out[d]["rounds"]["seconds_per_image"])]
+    return {"default_trial": picks[0], "rounds": cfg.confirm_rounds, "trials": out}
