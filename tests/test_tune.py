@@ -99,6 +99,15 @@ def test_same_seed_gives_the_same_trials(tmp_path, ref_root):
     assert [r["params"] for r in a[1:]] != [r["params"] for r in c[1:]]  # the seed matters (trial 0 is the default)
 
 
+def test_a_resumed_search_does_not_replay_its_first_draws(tmp_path, ref_root):
+    teacher = save_tiny_teacher(tmp_path / "teacher")
+    out = tmp_path / "tune"
+    run_tune(tiny_cfg(teacher, out, ref_root, trials=2, population=4, confirm_rounds=0), progress=False)
+    run_tune(tiny_cfg(teacher, out, ref_root, trials=3, population=4, confirm_rounds=0), progress=False)
+    r = rows(out)
+    assert r[0]["default"] and r[2]["params"] != r[1]["params"]  # the restarted sampler draws afresh
+
+
 def save_diverging_student(path: Path) -> Path:
     """The tiny teacher with its output layer scaled to 1e38: finite weights, infinite predictions."""
     from diffusers import UNet2DModel

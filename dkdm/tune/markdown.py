@@ -91,8 +91,26 @@ def render(r: dict) -> str:
         o = by[n]["objectives"]
         cells = [_cost(o[k], unit) if k == "cost" else (f"{100 * o[k]:.1f}%" if k == "adherence" else f"{o[k]:.3f}") for k in objs]
         lines.append(f"| {n} | {label(by[n]['setting'])} | " + " | ".join(cells) + " |")
+    lines += _by_template(r["trials"])
     failed = [t for t in r["trials"] if t["state"] == "FAIL"]
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- {t['number']}: {t['error']}" for t in failed]
     lines += [""] + [f"![{k}]({v})" for k, v in r["pngs"].items()] + [""]
     return "\n".join(lines)
+
+
+def _by_template(trials: list[dict]) -> list[str]:
+    """Prompt structure on its own: median bias and adherence of the finished trials that used each template."""
+    import statistics
+
+    done = [t for t in trials if t["state"] == "COMPLETE" and t["setting"].get("template") is not None
+            and t["objectives"].get("bias") is not None]
+    if not done:
+        return []
+    out = ["", "## By prompt template (all finished trials, every model and sampler)", "",
+           "| template | trials | median bias | median adherence | median FID |", "|---|---|---|---|---|"]
+    for tpl in dict.fromkeys(t["setting"]["template"] for t in done):
+        ts = [t["objectives"] for t in done if t["setting"]["template"] == tpl]
+        med = {k: statistics.median(o[k] for o in ts) for k in ("bias", "adherence", "fid")}
+        out.append(f"| `{tpl}` | {len(ts)} | {med['bias']:.3f} | {100 * med['adherence']:.1f}% | {med['fid']:.1f} |")
+    return out

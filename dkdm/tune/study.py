@@ -59,7 +59,7 @@ def open_study(cfg: TuneConfig, out: Path, objectives: list[str], sid: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    sampler = optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=cfg.seed)  # reads trial.set_constraint
+    sampler = optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=cfg.seed)  # reseeded below
     storage = f"sqlite:///{(out / 'tune.db').resolve()}"
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, load_if_exists=True,
                                 directions=[DIRECTIONS[o] for o in objectives])
@@ -71,6 +71,11 @@ def open_study(cfg: TuneConfig, out: Path, objectives: list[str], sid: str):
         raise DkdmError(f"{out / 'tune.db'} holds a search with other settings (space {have}, now {sid}): "
                         "use another --out, or delete tune.db to start over")
     _fail_interrupted(study)
+    n = len(study.trials)
+    # a resumed run must not replay the first run's random draws (the sampler's RNG restarts with the process):
+    # a fresh study uses the seed itself (same seed, same trials), a continued one a seed derived from its length
+    seed = cfg.seed if n == 0 else int(hashlib.sha256(f"{cfg.seed}:{n}".encode()).hexdigest()[:8], 16)
+    study.sampler = optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=seed)  # reads trial.set_constraint
     return study
 
 
