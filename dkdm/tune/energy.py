@@ -7,6 +7,8 @@ are never presented as joules, and nothing is estimated from a TDP.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import time
 
@@ -22,12 +24,13 @@ class ZeusMeter:
     """One ZeusMonitor window per measurement; joules = GPU + CPU package energy over the window."""
 
     def __init__(self, device: torch.device):
-        from zeus.monitor import ZeusMonitor
-
         gpus = [device.index or 0] if device.type == "cuda" else []
-        for name in ("zeus", "zeus.monitor", "zeus.device"):  # zeus logs every probe at WARNING
-            logging.getLogger(name).setLevel(logging.ERROR)
-        self.monitor = ZeusMonitor(gpu_indices=gpus)  # CPU packages: every one RAPL shows (SustainDiffusion: CPU + GPU)
+        logging.getLogger("zeus").setLevel(logging.ERROR)  # zeus logs every probe it makes at WARNING
+        # its vendor probes (amdsmi) print to stdout/stderr; a failure still reaches us as an exception
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from zeus.monitor import ZeusMonitor
+
+            self.monitor = ZeusMonitor(gpu_indices=gpus)  # CPU packages: all RAPL shows (SustainDiffusion: CPU + GPU)
         if not self.monitor.gpu_indices and not self.monitor.cpu_indices:
             raise RuntimeError("zeus-ml found no GPU (NVML) and no CPU (RAPL) energy counter")
         self.name = f"zeus-ml ZeusMonitor (GPUs {self.monitor.gpu_indices}, CPU packages {self.monitor.cpu_indices})"

@@ -99,7 +99,8 @@ def picked_trials(rows: list[dict], cfg: TuneConfig, objectives: list[str]) -> l
     if not h:
         return []
     front = pareto_set(rows, objectives)
-    named = [h[k]["trial"] for k in ("equal_quality", "within_constraint", "best_bias") if h.get(k)]
+    named = [md["trial"] for md in h["model_defaults"].values() if md["state"] == "COMPLETE"]  # each model at the default
+    named += [h[k]["trial"] for k in ("equal_quality", "within_constraint", "best_bias") if h.get(k)]
     named += [c["number"] for w, ws in WEIGHTINGS.items() if (c := choose(front, objectives, ws))]
     return list(dict.fromkeys([h["default"]["trial"], *named]))
 
