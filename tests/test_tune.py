@@ -152,7 +152,7 @@ def test_t2i_search_has_bias_and_adherence_and_snippets_that_evaluate_and_serve_
     assert d["default"] and d["setting"]["guidance"] == 2.0 and d["setting"]["template"] == "{subject}"
     assert sum(d["metrics"]["bias_detail"]["histogram"]) == 8 and 0 <= d["metrics"]["bias"] <= 0.9
     md = (tmp_path / "tune" / "tune.md").read_text()
-    assert "Energy: **unavailable**" in md and "seconds per image" in md
+    assert "Energy: **unavailable**" in md and "seconds per image" in md and f"dkdm serve teacher={teacher}" in md
     cf = report["confirmed"]
     if cf is not None:  # the default re-timed against the settings the report names, in turns
         assert cf["default_trial"] == 0 and cf["trials"]["0"]["ratio_to_default"] == [1.0]

@@ -75,7 +75,9 @@ def render(r: dict) -> str:
                          f"{1e3 * v['median']['seconds_per_image']:.2f} ms | {'n/a' if j is None else f'{j:.3g}'} | "
                          f"{ratio:.3f} | {100 * (1 - ratio):.0f}% |")
         lines.append("")
-    lines += ["## Chosen setting per weighting", "", "Weights on min-max normalised objectives over the Pareto set.", "",
+    serve = " ".join(f"{n}={m['source']}" for n, m in r["models"].items())
+    lines += ["## Chosen setting per weighting", "", "Weights on min-max normalised objectives over the Pareto set. "
+              f"The serve requests name the models as tune does: `dkdm serve {serve}`.", "",
               "| weighting | trial | setting | objectives | recipe snippet | serve request |", "|---|---|---|---|---|---|"]
     for w, c in r["chosen"].items():
         if c is None:
