@@ -8,14 +8,14 @@ import sys
 
 import typer
 
-from .commands import bench, cache, demo, distill, evaluate, generate, serve, students, t2i, train
+from .commands import bench, cache, demo, distill, evaluate, generate, serve, students, t2i, train, tune
 from .commands.errors import friendly
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Data-free knowledge distillation of diffusion models.")
 
 # A new command group is a module with `register(app, friendly)`, added to this tuple.
-COMMANDS = (train, generate, distill, evaluate, demo, cache, bench, t2i, students, serve)
+COMMANDS = (train, generate, distill, evaluate, demo, cache, bench, t2i, students, serve, tune)
 
 
 @app.callback()

@@ -159,11 +159,45 @@ class EvaluateConfig:
 
 
 @dataclass
+class TuneConfig:
+    """`dkdm tune`: a seeded multi-objective search over sampler settings and prompt templates (SustainDiffusion)."""
+
+    teacher: str = "builtin:digits"
+    students: list[str] = field(default_factory=list)
+    out: str = "runs/tune"  # tune.json, tune.md, PNGs, tune-recipe.toml and the optuna study tune.db
+    trials: int = 40  # total finished trials, the default setting included; a rerun continues up to this many
+    population: int = 10  # NSGA-II population per generation
+    seed: int = 0  # seeds the optuna sampler; sample seeds are fixed below, the same for every trial
+    sample_seed: int = 10_000  # quality samples use seeds sample_seed.., bias samples the next bias_samples seeds
+    num_samples: int = 200  # quality samples per trial (FID, adherence)
+    bias_samples: int = 200  # text models: samples on the neutral prompts per trial
+    batch_size: int = 100
+    device: str = "auto"
+    schedulers: list[str] = field(default_factory=list)  # empty = every kind in dkdm.schedulers.KINDS
+    steps: list[int] = field(default_factory=lambda: [4, 6, 8, 10, 15, 20, 25, 35, 50])
+    eta_max: float = 1.0  # eta in [0, eta_max] (steps of 0.25) for schedulers that take it
+    guidance_min: float = 1.0  # text models: classifier-free guidance in [min, max] (steps of 0.5)
+    guidance_max: float = 6.0
+    prompts: str = ""  # text models: subjects, one per line (a named class each, for adherence)
+    prompt_templates: list[str] = field(default_factory=lambda: ["{subject}"])  # "{subject}" = the prompt line
+    neutral_prompts: list[str] = field(default_factory=lambda: ["a handwritten digit"])  # name no class: bias
+    default: SamplerConfig = field(default_factory=lambda: SamplerConfig(steps=25))  # the setting to beat
+    default_guidance: float = 3.0  # text models; the default template is prompt_templates[0]
+    quality_factor: float = 1.1  # feasible: FID <= quality_factor x the default's FID
+    adherence_drop: float = 0.02  # text models, feasible: adherence >= the default's minus this
+    confirm_rounds: int = 3  # re-time the default and the chosen settings, taking turns, this many rounds (0 = off)
+    energy: str = "auto"  # auto (zeus-ml, else the hardware counter, else seconds) | zeus | counter | none
+    reference: str = "auto"  # as [evaluate]: auto = digits for 1x16x16 images
+    cache_root: str = "cache"  # reference statistics are cached here
+
+
+@dataclass
 class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

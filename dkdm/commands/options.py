@@ -83,7 +83,7 @@ def overrides(flags: tuple[Flag, ...], given: dict) -> dict:
         value = given.pop(f.param)
         if value is not None and f.convert:
             value = f.convert(value, f.flag())
-        out[f.field] = list(value) if f.many else value
+        out[f.field] = (list(value) or None) if f.many else value  # an unrepeated list flag keeps the recipe's
     return out
 
 
@@ -210,4 +210,21 @@ EVALUATE_T2I = (
           teacher="Latent text-to-image teacher (builtin:digits-t2i or a pipeline folder).",
           reference="auto (digits for 1x16x16) | digits | image folder | .tar | .npz"),
     F("speed_repeats", "Timed rounds (models take turns in each)."),
+)
+TUNE = (
+    F("students", "[NAME=]student folder from `dkdm distill`; repeat.", name="student", decls=("--student",), many=True),
+    F("teacher", "Teacher source (builtin:digits, builtin:digits-t2i, a folder)."),
+    F("out", "Folder for tune.json, tune.md, PNGs, snippets and the study tune.db."),
+    F("trials", "Finished trials in all (a rerun continues the study up to this).", extra=(("min", 1),)),
+    F("seed", "Seed of the NSGA-II sampler."),
+    F("population", "NSGA-II population per generation.", extra=(("min", 2),)),
+    F("num_samples", "Quality samples per trial (FID, adherence).", extra=(("min", 2),)),
+    F("bias_samples", "Text models: samples on the neutral prompts per trial.", extra=(("min", 1),)),
+    F("batch_size", extra=(("min", 1),)),
+    F("schedulers", "Scheduler kinds to search, e.g. ddim,dpm++ (default: all).", convert=names),
+    F("steps", "Step counts to search, e.g. 5,10,25.", convert=ints),
+    F("prompts", "Text models: subjects file, one prompt per line."),
+    F("quality_factor", "Feasible: FID <= this x the default's.", extra=(("min", 1.0),)),
+    F("energy", "auto | zeus | counter | none"),
+    F("device"),
 )
