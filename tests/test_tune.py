@@ -173,7 +173,7 @@ def test_t2i_search_has_bias_and_adherence_and_snippets_that_evaluate_and_serve_
 # --- the command line ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--steps", "a,b"], "comma-separated list of ints"),
+    (["--steps", "a,b"], "comma-separated"),
     (["--steps", "0,3"], "positive integers"),
     (["--schedulers", "warp"], "unknown scheduler"),
     (["--steps", "5,10"], "default setting ddim-25 must lie inside"),
