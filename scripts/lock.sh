@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CUSTOM_COMPILE_COMMAND="bash scripts/lock.sh" "${COMPILE:-pip-compile}" -q --allow-unsafe --strip-extras \
   --no-emit-find-links --no-emit-index-url -c constraints.txt \
-  --extra serve --extra s3 --extra gpu --extra tensorboard --extra test -o requirements.lock pyproject.toml
+  --extra serve --extra s3 --extra gpu --extra tensorboard --extra tune --extra test -o requirements.lock pyproject.toml
 # [test] names dkdm[...] itself: drop that self line. torch: `==2.13.0` matches the CPU wheel 2.13.0+cpu and the
 # registry's 2.13.0, so the lock works where only one of them exists.
 sed -i -e '/^dkdm @ /,+1d' -e 's/^torch==\([0-9.]*\)+cpu$/torch==\1/' requirements.lock

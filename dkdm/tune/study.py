@@ -56,7 +56,10 @@ def constraints(m: dict, default: dict, cfg: TuneConfig) -> list[float]:
 
 
 def open_study(cfg: TuneConfig, out: Path, objectives: list[str], sid: str):
-    import optuna
+    try:
+        import optuna
+    except ImportError as exc:
+        raise DkdmError("dkdm tune needs optuna: pip install 'dkdm[tune]' (or optuna>=5)") from exc
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     sampler = optuna.samplers.NSGAIISampler(population_size=cfg.population, seed=cfg.seed)  # reseeded below
@@ -117,8 +120,6 @@ def default_setting(cfg: TuneConfig, conditional: bool) -> Setting:
 
 def run_tune(cfg: TuneConfig, progress: bool = True, log=print) -> dict:
     """Run (or continue) the search up to cfg.trials finished trials; write tune.json, tune.md, PNGs, snippets."""
-    from optuna.trial import TrialState
-
     from .report import trial_line, write_report
 
     check_config(cfg)
@@ -139,6 +140,8 @@ def run_tune(cfg: TuneConfig, progress: bool = True, log=print) -> dict:
     cost_unit = "joules_per_image" if meter else "seconds_per_image"
     study = open_study(cfg, out, objectives, space_id(cfg, objectives, cost_unit))
     enqueue_defaults(study, cfg, list(models), conditional)
+    from optuna.trial import TrialState
+
     todo = max(0, cfg.trials - len(finished(study)))
     bar = progress_bar(todo, "tune", disable=not progress, unit="trial")
     echo = tqdm.write if progress else log  # a line per trial above the bar
