@@ -180,6 +180,9 @@ def distill(
     student: Optional[str] = typer.Option(None, help="narrow | blocks | transformer | a preset: bk-base, bk-small, "
                                                       "bk-tiny, ssd, vega (docs/students.md)."),
     remove: Optional[str] = typer.Option(None, help="blocks: parts to remove, e.g. mid,stage.1.attn (`dkdm students parts`)."),
+    objective: Optional[str] = typer.Option(None, help="eps (default) | trajectory | consistency (few-step, docs/fewstep.md)."),
+    fewstep_steps: Optional[int] = typer.Option(None, help="Steps the few-step student is made for (trajectory: its grid)."),
+    student_init: Optional[str] = typer.Option(None, help="random | teacher (a teacher-width student starts as the teacher)."),
     quiet: bool = typer.Option(False),
 ):
     """Train a smaller student on teacher outputs (DKDM), from a cache, a live teacher, or both."""
@@ -192,7 +195,8 @@ def distill(
                           kl_weight=kl_weight, feature_kd=feature_kd, mixed_precision=mixed_precision, grad_accum=grad_accum,
                           checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
                           sample_every=sample_every, export_ema=export_ema, tracker=tracker, on_bad_shard=on_bad_shard,
-                          student_kind=student, student_remove=_names(remove))
+                          student_kind=student, student_remove=_names(remove), objective=objective,
+                          fewstep_steps=fewstep_steps, student_init=student_init)
     res = run(cfg, progress=not quiet)
     typer.echo(f"student saved to {cfg.out}/student  final loss {res['final_loss']:.4f}  {res['records_per_s']:.0f} records/s")
 
