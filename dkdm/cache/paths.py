@@ -31,8 +31,6 @@ def check_walkable(manifest: dict, where: str) -> None:
         why = f"it walks {s.get('scheduler')} with eta {s.get('eta')}, not deterministic DDIM (eta 0)"
     elif s.get("kept_steps") != list(range(int(s["steps"]))):
         why = f"it keeps steps {s.get('keep')!r}, not all of them (--keep all)"
-    elif "unguided" in str(manifest["record"].get("target_kind", "")):
-        why = "it stores paired cond/uncond records (latent teacher with guidance), not one state per step"
     if why:
         raise DkdmError(f"cache {where} cannot serve trajectory pairs: {why}; generate one with "
                         "`dkdm generate --scheduler ddim --steps 40 --coverage grid --keep all`")
@@ -57,10 +55,42 @@ class Paths:
         return len(self.start) - 1
 
 
-def assemble(blocks: list[rec.RecordBatch], dtype: str, sched, last_step: int, where: str = "shard") -> Paths:
+def paired_rows(manifest: dict, store) -> int | None:
+    """The "" row of a paired cache (latent teacher walked with guidance: per step a prompt record and a "" record
+    at the same x_t, both unguided outputs; docs/t2i.md), else None."""
+    if "unguided" not in str(manifest["record"].get("target_kind", "")):
+        return None
+    from .embeddings import read_embeddings
+
+    prompts = read_embeddings(store, manifest["embeddings"])["prompts"]
+    if "" not in prompts:
+        raise DkdmError(f"cache {store.url}: paired records but no \"\" prompt row in embeddings.zarr")
+    return prompts.index("")
+
+
+def guided(blocks: list[rec.RecordBatch], uncond_row: int, scale: float, dtype: str, where: str) -> rec.RecordBatch:
+    """One record per (traj, step) of a paired cache: the prompt row, its target the GUIDED eps the walk stepped
+    with, e_u + g·(e_c - e_u) (Ho & Salimans 2022 eq. 6), so the few-step student learns the guided teacher."""
+    b = rec.concat(blocks)
+    u = b.cond == uncond_row
+    c_idx, u_idx = np.flatnonzero(~u), np.flatnonzero(u)
+    c_idx = c_idx[np.lexsort((b.step[c_idx], b.traj[c_idx]))]
+    u_idx = u_idx[np.lexsort((b.step[u_idx], b.traj[u_idx]))]
+    if len(c_idx) != len(u_idx) or np.any(b.traj[c_idx] != b.traj[u_idx]) or np.any(b.step[c_idx] != b.step[u_idx]):
+        raise DkdmError(f"{where}: paired records do not match up (one prompt and one \"\" record per trajectory step)")
+    e_c, e_u = rec.from_storage(b.target[c_idx], dtype), rec.from_storage(b.target[u_idx], dtype)
+    eps = (e_u + scale * (e_c - e_u)).numpy()
+    return rec.RecordBatch(x_t=rec.to_storage(rec.from_storage(b.x_t[c_idx], dtype), "float32"), target=eps,
+                           t=b.t[c_idx], traj=b.traj[c_idx], step=b.step[c_idx], cond=b.cond[c_idx])
+
+
+def assemble(blocks: list[rec.RecordBatch], dtype: str, sched, last_step: int, where: str = "shard",
+             uncond_row: int | None = None, guidance_scale: float = 1.0) -> Paths:
     """Group a shard's record blocks into whole trajectories and derive each endpoint x0."""
     if not blocks:
         raise DkdmError(f"{where}: no records to assemble trajectories from")
+    if uncond_row is not None:
+        blocks, dtype = [guided(blocks, uncond_row, guidance_scale, dtype, where)], "float32"
     b = rec.concat(blocks)
     order = np.lexsort((b.step, b.traj))
     traj, step, t = b.traj[order], b.step[order], b.t[order]
@@ -123,13 +153,16 @@ class PairStream(CacheStream):
         if jump > steps:
             raise DkdmError(f"a jump of {jump} states is longer than the cache's {steps}-step walk")
         self.sched, self.jump, self.last_step = sched, jump, steps - 1
+        self.uncond_row = paired_rows(reader.manifest, reader.store)
+        self.guidance = float(reader.manifest["sampler"].get("guidance_scale", 1.0))
 
     def _decode(self, shard: dict, fetched):
         blocks = list(self.reader.blocks(shard, self.on_bad, fetched))
         if not blocks:  # skipped as bad (on_bad='skip'), as in CacheStream._decode
             self._bad.add(shard["file"])
             return
-        p = assemble(blocks, self.reader.dtype, self.sched, self.last_step, f"{self.reader.store.url}/{shard['file']}")
+        p = assemble(blocks, self.reader.dtype, self.sched, self.last_step, f"{self.reader.store.url}/{shard['file']}",
+                     self.uncond_row, self.guidance)
         yield pairs(p, self.jump)
 
     def __iter__(self):
