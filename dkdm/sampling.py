@@ -65,7 +65,8 @@ def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu",
 
 
 def _needs_noise(sched) -> bool:
-    return type(sched).__name__ in ("DDPMScheduler", "EulerAncestralDiscreteScheduler")
+    """Schedulers that draw noise inside step: they get the per-sample generators (LCM re-noises between steps)."""
+    return type(sched).__name__ in ("DDPMScheduler", "EulerAncestralDiscreteScheduler", "LCMScheduler")
 
 
 def unet_fn(unet, cond: torch.Tensor | None = None) -> Callable:
