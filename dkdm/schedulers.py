@@ -30,7 +30,9 @@ def make_scheduler(cfg: SamplerConfig, base_config: dict):
     extra = {"timestep_spacing": cfg.timestep_spacing}
     if cfg.scheduler == "dpm++":
         extra["algorithm_type"] = "dpmsolver++"
-    base = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    # keys another class would warn about (a DDPM config's variance_type for LCM, LCM's steps for DDIM) are dropped
+    accepted = inspect.signature(cls.__init__).parameters
+    base = {k: v for k, v in base_config.items() if not k.startswith("_") and k in accepted}
     if cfg.scheduler == "lcm":
         # LCM picks its steps from an `original_inference_steps` grid (the walk a consistency student learned):
         # a student's own LCM config carries it; from another kind's config, any step count up to 50 fits
