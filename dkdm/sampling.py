@@ -65,6 +65,7 @@ def sample(model: Callable, sched, seeds, shape, eta: float = 0.0, device="cpu",
 
 
 def _needs_noise(sched) -> bool:
+    """Schedulers that draw noise inside step: they get the per-sample generators (LCM re-noises between steps)."""
     return type(sched).__name__ in ("DDPMScheduler", "EulerAncestralDiscreteScheduler", "LCMScheduler")
 
 

@@ -21,6 +21,7 @@ from ..students import count_params
 from ..teacher import load_teacher
 from . import metrics, plots
 from .embeddings import embed
+from .fewstep import evaluate_own
 from .energy import open_counter
 from .features import extract, load_extractor
 from .models import load_student_unet, student_name
@@ -75,10 +76,11 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     extractor = load_extractor(cfg.features, shape, cfg.inception or None, device=device)
     seeds = range(cfg.seed, cfg.seed + cfg.num_samples)
 
-    models = {"teacher": teacher.unet}
+    models, paths = {"teacher": teacher.unet}, {}
     for s in cfg.students:
         name = student_name(s)
-        models[name if name not in models else s] = load_student_unet(s, device)
+        key = name if name not in models else s
+        models[key], paths[key] = load_student_unet(s, device), s
     names = list(models)
 
     samples = {n: _sample(n, u, sched, seeds, shape, cfg, device, progress) for n, u in models.items()}
@@ -149,6 +151,10 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             "energy": {"available": has_energy, "reason": None if has_energy else energy_reason},
         }
 
+    # few-step students: each at its own scheduler and steps, against DDIM-25 and the teacher's front (fewstep.py)
+    own = evaluate_own(models, paths, sched, results["teacher"]["fid"], seeds, shape, cfg, extractor, ref, sweep, device,
+                       progress) if cfg.own_samplers else None
+
     emb = None
     if cfg.embeddings:
         groups = ({"real": ref.feats} if ref.feats is not None and ref.kind != "teacher" else {}) | feats
@@ -174,6 +180,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         "feature_extractor_fingerprint": extractor.fingerprint,
         "energy": {"available": counter is not None, "counter": counter.name if counter else None, "reason": energy_reason},
         "sweep": sweep,
+        "fewstep": own,
         "embeddings": None if emb is None else {"groups": {g: emb["labels"].count(g) for g in dict.fromkeys(emb["labels"])},
                                                 "pca_explained_variance_ratio": emb["pca_explained_variance_ratio"],
                                                 "tsne_perplexity": emb["tsne_perplexity"]},
@@ -204,6 +211,10 @@ def write_report(report: dict, samples: dict, emb: dict | None, out: Path) -> No
             plots.pareto(sw["points"], sw["pareto_energy"], out / "pareto_energy.png", "joules_per_image",
                          "joules per image", sw["target_fid"])
             pngs["pareto_energy"] = "pareto_energy.png"
+    if report.get("fewstep") and report["fewstep"]["front"]:
+        plots.fewstep_front([p for p in sw["points"] if p["model"] == "teacher"], report["fewstep"], out / "pareto_fewstep.png",
+                            f"seconds per image (batch {report['config']['batch_size']}, {report['machine']['device']})")
+        pngs["pareto_fewstep"] = "pareto_fewstep.png"
     if emb is not None:
         plots.embedding(emb, "pca", out / "features_pca.png", f"PCA of {report['feature_extractor']} features")
         plots.embedding(emb, "tsne", out / "features_tsne.png", f"t-SNE of {report['feature_extractor']} features")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import torch
 
 from ..config import SamplerConfig
@@ -33,25 +34,32 @@ def run_sweep(models: dict, sched_config: dict, schedulers: list[str], steps_lis
         for kind in schedulers:
             for steps in steps_list:
                 sched, spacing = scheduler_for(kind, steps, timestep_spacing, sched_config)
-                imgs, per_image = [], []
-                token = counter.start() if counter else None
-                for i in range(0, len(seeds), batch_size):
-                    chunk = seeds[i:i + batch_size]
-                    with Timer(device) as tm:
-                        x = sample(fn, sched, chunk, shape, device=device)
-                    imgs.append(x.cpu())
-                    per_image.append(tm.seconds / len(chunk))
-                    bar.update(len(chunk), model=name, sched=f"{kind}-{steps}")
-                joules = counter.stop(token) if counter else None
-                feats = extract(extractor, torch.cat(imgs), f"{name} {kind}-{steps}", progress=False)
-                points.append({
-                    "model": name, "scheduler": kind, "steps": steps, "timestep_spacing": spacing, "n": len(seeds),
-                    "fid": reference.fid(feats), "kid": reference.kid(feats),
-                    "seconds_per_image": statistics.median(per_image),
-                    "joules_per_image": joules / len(seeds) if joules is not None else None,
-                })
+                point, _ = measure(fn, sched, seeds, shape, batch_size, extractor, reference, counter, device,
+                                   bar=bar, label=(name, f"{kind}-{steps}"))
+                points.append({"model": name, "scheduler": kind, "steps": steps, "timestep_spacing": spacing, **point})
     bar.close()
     return points
+
+
+def measure(fn, sched, seeds: list, shape, batch_size: int, extractor, reference, counter=None, device="cpu", bar=None,
+            label: tuple = ("", "")) -> tuple[dict, np.ndarray]:
+    """Sample `seeds` in batches with one scheduler: FID/KID against the reference, the median over batches of the
+    sampling seconds per image, joules per image; and the features (callers score subsets of the same samples)."""
+    imgs, per_image = [], []
+    token = counter.start() if counter else None
+    for i in range(0, len(seeds), batch_size):
+        chunk = seeds[i:i + batch_size]
+        with Timer(device) as tm:
+            x = sample(fn, sched, chunk, shape, device=device)
+        imgs.append(x.cpu())
+        per_image.append(tm.seconds / len(chunk))
+        if bar is not None:
+            bar.update(len(chunk), model=label[0], sched=label[1])
+    joules = counter.stop(token) if counter else None
+    feats = extract(extractor, torch.cat(imgs), " ".join(label), progress=False)
+    return {"n": len(seeds), "fid": reference.fid(feats), "kid": reference.kid(feats),
+            "seconds_per_image": statistics.median(per_image),
+            "joules_per_image": joules / len(seeds) if joules is not None else None}, feats
 
 
 def pareto_front(points: list[dict], cost: str = "seconds_per_image", quality: str = "fid") -> list[dict]:
