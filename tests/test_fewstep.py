@@ -238,3 +238,41 @@ def test_teacher_init_copies_and_fewstep_settings_are_checked(wds_walk, tiny_tea
     assert torch.allclose(out, seen["b"].eps, atol=2e-2)  # the records are this teacher's outputs (fp16)
     log = (tmp_path / "d" / "distill_log.csv").read_text().splitlines()
     assert float(log[1].split(",")[2]) < 1e-4
+
+
+def test_t2i_pairs_carry_the_guided_eps_and_the_student_samples_unguided(tmp_path):
+    """builtin:digits-t2i-like (latent, paired records): a pair's state is the guided walk's, the endpoint is
+    derived with e_u + g·(e_c - e_u), and the few-step student exports with guidance 1 (baked in, as LCM)."""
+    from t2i_tiny import save_tiny_t2i
+
+    from dkdm.cache.paths import assemble, paired_rows
+    from dkdm.distill.loop import distill
+    from dkdm.generate import generate
+
+    teacher = save_tiny_t2i(tmp_path / "teacher")
+    (tmp_path / "p.txt").write_text("a handwritten digit 7\nthe number two\n")
+    cache = tmp_path / "cache"
+    generate(gen_cfg(teacher, cache, trajectories=4, shard_size=2, batch_size=2, prompts=str(tmp_path / "p.txt"),
+                     guidance_scale=3.0, sampler=SamplerConfig(steps=4, coverage="grid")), progress=False)
+    reader = CacheReader(str(cache))
+    u = paired_rows(reader.manifest, reader.store)
+    shard = reader.manifest["shards"][0]
+    blocks = list(reader.blocks(shard))
+    p = assemble(blocks, reader.dtype, cache_sched(reader), 3, uncond_row=u, guidance_scale=3.0)
+    assert p.num_trajectories == 2 and len(p.x) == 8 and not (p.cond == u).any()
+    recs = {(m["traj"], m["step"], m["cond"] == u): (x, e)
+            for x, _, e, m in backend.records(reader.store, shard, reader.dtype, reader.manifest)}
+    x_c, e_c = recs[(1, 2, False)]
+    x_u, e_u = recs[(1, 2, True)]
+    assert torch.equal(x_c, x_u)  # both records of a step sit at the guided walk's state
+    row = int(((p.traj == 1) & (p.step == 2)).nonzero())
+    assert torch.allclose(p.eps[row], e_u + 3.0 * (e_c - e_u), atol=1e-5)
+    cfg = DistillConfig(teacher=str(teacher), cache=str(cache), out=str(tmp_path / "run"), steps=2, batch_size=4,
+                        shuffle_buffer=8, device="cpu", tracker="none", checkpoint_every=0, warmup_steps=1,
+                        student=UNetSpec(block_out_channels=(16, 16), attention_levels=(0,), norm_num_groups=4,
+                                         attention_head_dim=4),
+                        objective="consistency", fewstep_steps=2, student_init="teacher")
+    distill(cfg, progress=False)
+    card = json.loads((tmp_path / "run" / "student" / "dkdm_student.json").read_text())
+    assert card["sampling"]["guidance_scale"] == 1.0 and card["sampling"]["scheduler"] == "lcm"
+    assert (tmp_path / "run" / "student" / "model_index.json").is_file()  # a full StableDiffusionPipeline folder

@@ -73,25 +73,31 @@ def student_scheduler(cfg: DistillConfig, base_config: dict, walk_steps: int, ju
     return sched
 
 
-def sampling_card(cfg: DistillConfig, sched, walk_timesteps: list[int], T: int, base_config: dict, jump: int) -> dict:
-    """card["sampling"]: what evaluate/serve sample this student with by default (issue 23, part B reads it)."""
+def sampling_card(cfg: DistillConfig, sched, walk_timesteps: list[int], T: int, base_config: dict, jump: int,
+                  guided: bool = False) -> dict:
+    """card["sampling"]: what evaluate/serve sample this student with by default (issue 23, part B reads it).
+    guided: a text-conditioned student learned the guided walk, so it samples with guidance_scale 1 (LCM-style)."""
     if cfg.objective == "trajectory":
         supported = [len(walk_timesteps) // jump]
         kind = "ddim"
     else:
         supported = [n for n in nested_steps(walk_timesteps, T, base_config) if n <= 8]
         kind = "lcm"
-    return {"scheduler": kind, "steps": int(sched.num_inference_steps), "steps_supported": supported,
-            "objective": cfg.objective, "prediction_type": PREDICTION, "jump_states": jump,
-            "walk_steps": len(walk_timesteps)}
+    out = {"scheduler": kind, "steps": int(sched.num_inference_steps), "steps_supported": supported,
+           "objective": cfg.objective, "prediction_type": PREDICTION, "jump_states": jump,
+           "walk_steps": len(walk_timesteps)}
+    if guided:
+        out["guidance_scale"] = 1.0
+    return out
 
 
 def build_objective(cfg: DistillConfig, student, noise_sched, channels: int, base_config: dict, walk_steps: int):
     from .objectives.consistency import ConsistencyObjective
     from .objectives.trajectory import TrajectoryObjective
 
-    if cfg.objective == "trajectory":
-        return TrajectoryObjective(noise_sched.alphas_cumprod, channels)
+    if cfg.objective == "trajectory":  # the endpoint sits where the walk's last DDIM step put it
+        final = float(diffusers.DDIMScheduler.from_config(_base(base_config)).final_alpha_cumprod)
+        return TrajectoryObjective(noise_sched.alphas_cumprod, channels, final)
     lcm = student_scheduler(cfg, base_config, walk_steps, 1)
     return ConsistencyObjective(noise_sched.alphas_cumprod, channels, lcm, student, cfg.target_ema, cfg.endpoint_weight)
 

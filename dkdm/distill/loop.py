@@ -178,7 +178,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         walk_ts, n_train = [int(t) for t in sampler_info["timesteps"]], int(base_sched_cfg.get("num_train_timesteps", 1000))
         jump = fewstep.resolve_jump(cfg, walk_ts, n_train, base_sched_cfg)
         view_sched = fewstep.student_scheduler(cfg, base_sched_cfg, len(walk_ts), jump)
-        sampling_card = fewstep.sampling_card(cfg, view_sched, walk_ts, n_train, base_sched_cfg, jump)
+        sampling_card = fewstep.sampling_card(cfg, view_sched, walk_ts, n_train, base_sched_cfg, jump,
+                                              guided=emb is not None)
     channels = spec.in_channels
     student_tap = None
     if cfg.feature_kd > 0:
@@ -326,7 +327,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         check_finite(final, "the trained student")
         export_student(final, view_sched, out / "student", card)
         if is_latent_cache(reader):  # a full StableDiffusionPipeline folder, grid decoded through the VAE
-            export_latent_student(final, view_sched, reader, teacher, out, device)
+            export_latent_student(final, view_sched, reader, teacher, out, device,
+                                  guidance_scale=sampling_card.get("guidance_scale") if pairs else None)
         else:
             save_sample_grid(final, None, view_sched, spec, out / "student_samples.png", device, cond=emb)
     acc.wait_for_everyone()

@@ -28,16 +28,16 @@ class PairBatch:
 
 
 class Alphas:
-    """alpha_bar at per-sample timesteps from the training schedule, = 1 at an endpoint (DDIM's
-    final_alpha_cumprod with set_alpha_to_one, the value the teacher's last step used)."""
+    """alpha_bar at per-sample timesteps from the training schedule; at an endpoint DDIM's final_alpha_cumprod, the
+    value the teacher's last step used (1 with set_alpha_to_one, alpha_bar_0 for Stable-Diffusion-style configs)."""
 
-    def __init__(self, alphas_cumprod: torch.Tensor):
-        self.ac = alphas_cumprod.detach().to(torch.float64)
+    def __init__(self, alphas_cumprod: torch.Tensor, final: float = 1.0):
+        self.ac, self.final = alphas_cumprod.detach().to(torch.float64), float(final)
 
     def __call__(self, t: torch.Tensor, end: torch.Tensor | None = None) -> torch.Tensor:
         a = self.ac[t.detach().cpu().long()]
         if end is not None:
-            a = torch.where(end.cpu().bool(), torch.ones_like(a), a)
+            a = torch.where(end.cpu().bool(), torch.full_like(a, self.final), a)
         return a.view(-1, 1, 1, 1).float().to(t.device)
 
 

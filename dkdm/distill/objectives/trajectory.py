@@ -33,8 +33,8 @@ class TrajectoryObjective:
     name = "trajectory"
     units = {"x0_mse": "x0-space MSE per element, pixels in [-1, 1]", "xj_mse": "MSE of the jumped state x_{t_j} per element"}
 
-    def __init__(self, alphas_cumprod: torch.Tensor, channels: int):
-        self.alpha, self.channels = Alphas(alphas_cumprod), channels
+    def __init__(self, alphas_cumprod: torch.Tensor, channels: int, final_alpha: float = 1.0):
+        self.alpha, self.channels = Alphas(alphas_cumprod, final_alpha), channels
 
     def __call__(self, b: PairBatch, student) -> tuple[torch.Tensor, dict]:
         a_i, a_j = self.alpha(b.t_i), self.alpha(b.t_j, b.end_j)
