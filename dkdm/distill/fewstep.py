@@ -81,7 +81,7 @@ def sampling_card(cfg: DistillConfig, sched, walk_timesteps: list[int], T: int, 
         supported = [len(walk_timesteps) // jump]
         kind = "ddim"
     else:
-        supported = [n for n in nested_steps(walk_timesteps, T, base_config) if n <= 8]
+        supported = [n for n in nested_steps(walk_timesteps, T, base_config) if n in (1, 2, 4, 8)]
         kind = "lcm"
     out = {"scheduler": kind, "steps": int(sched.num_inference_steps), "steps_supported": supported,
            "objective": cfg.objective, "prediction_type": PREDICTION, "jump_states": jump,
