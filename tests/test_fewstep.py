@@ -276,3 +276,27 @@ def test_t2i_pairs_carry_the_guided_eps_and_the_student_samples_unguided(tmp_pat
     card = json.loads((tmp_path / "run" / "student" / "dkdm_student.json").read_text())
     assert card["sampling"]["guidance_scale"] == 1.0 and card["sampling"]["scheduler"] == "lcm"
     assert (tmp_path / "run" / "student" / "model_index.json").is_file()  # a full StableDiffusionPipeline folder
+
+
+def test_consistency_distill_resumes_to_the_same_student(wds_walk, tiny_teacher, tmp_path):
+    """Stopped after a checkpoint and resumed, a consistency run ends bit-identical to an unbroken one: the pair
+    stream's position, the optimizer, the EMA and the EMA *target network* are all part of the checkpoint."""
+    from safetensors.torch import load_file
+
+    from dkdm.distill.loop import distill
+
+    kw = dict(objective="consistency", fewstep_steps=2, student_init="teacher", steps=4, checkpoint_every=2,
+              endpoint_weight=0.5, lr=1e-3)
+    distill(distill_cfg(tiny_teacher, wds_walk, tmp_path / "a", **kw), progress=False)
+
+    def stop(step, *_):
+        if step == 2:
+            raise RuntimeError("stopped for the test")
+
+    with pytest.raises(RuntimeError, match="stopped for the test"):
+        distill(distill_cfg(tiny_teacher, wds_walk, tmp_path / "b", **kw), progress=False, on_step=stop)
+    assert (tmp_path / "b" / "checkpoints" / "step-00000002" / "data_objective_0.safetensors").is_file()
+    distill(distill_cfg(tiny_teacher, wds_walk, tmp_path / "b", resume="latest", **kw), progress=False)
+    a = load_file(str(tmp_path / "a" / "student" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "student" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
