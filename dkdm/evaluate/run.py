@@ -134,7 +134,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     sweep = None
     if cfg.sweep_schedulers:
         sweep_seeds = range(cfg.seed, cfg.seed + cfg.sweep_samples)
-        points = run_sweep({n: unet_fn(u) for n, u in models.items()}, teacher.scheduler_config, cfg.sweep_schedulers,
+        swept = {n: unet_fn(u) for n, u in models.items() if cfg.sweep_students or n == "teacher"}
+        points = run_sweep(swept, teacher.scheduler_config, cfg.sweep_schedulers,
                            cfg.sweep_steps, sweep_seeds, shape, cfg.batch_size, extractor, ref, counter=counter,
                            timestep_spacing=cfg.sampler.timestep_spacing, device=device, progress=progress)
         # Sweep FIDs use fewer samples (biased upwards): the default target comes from the sweep itself.
