@@ -70,6 +70,10 @@ def test_front_reads_off_the_teacher_sweep(report):
     md = (out / "report.md").read_text()
     assert "## Students at their own scheduler and steps" in md and "| lcm | lcm | 1 |" in md
     assert (out / "pareto_fewstep.png").stat().st_size > 5000
+    from PIL import Image
+
+    grid = Image.open(out / "fewstep_grid.png")  # five panels (teacher + 4 student settings) of 4x4 images, 69x4 px
+    assert grid.size == (5 * 276 + 4 * 8, 276 + 14)
     assert json.loads((out / "report.json").read_text())["pngs"]["pareto_fewstep"] == "pareto_fewstep.png"
 
 

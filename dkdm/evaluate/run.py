@@ -153,8 +153,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         }
 
     # few-step students: each at its own scheduler and steps, against DDIM-25 and the teacher's front (fewstep.py)
-    own = evaluate_own(models, paths, sched, results["teacher"]["fid"], seeds, shape, cfg, extractor, ref, sweep, device,
-                       progress) if cfg.own_samplers else None
+    own, own_grid = evaluate_own(models, paths, sched, results["teacher"]["fid"], seeds, shape, cfg, extractor, ref, sweep,
+                                 device, progress) if cfg.own_samplers else (None, [])
 
     emb = None
     if cfg.embeddings:
@@ -193,12 +193,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         "config": cfgmod.to_dict(dataclasses.replace(cfg)),
     }
     report["seconds"] = time.time() - t_start
-    write_report(report, samples, emb, Path(cfg.out))
+    write_report(report, samples, emb, Path(cfg.out), own_grid)
     return report
 
 
-def write_report(report: dict, samples: dict, emb: dict | None, out: Path) -> None:
+def write_report(report: dict, samples: dict, emb: dict | None, out: Path, own_grid: list = ()) -> None:
     pngs = {"samples": "samples_side_by_side.png"}
+    if own_grid:  # same seeds: the teacher at the main setting | each student at each of its own settings
+        save_png(side_by_side(list(own_grid), ncol=4, scale=4), out / "fewstep_grid.png")
+        pngs["fewstep_grid"] = "fewstep_grid.png"
     save_png(side_by_side([(n, x[:64]) for n, x in samples.items()], ncol=8, scale=4), out / pngs["samples"])
     plots.paired_hist({n: s["paired"]["pixel_rmse_per_seed"] for n, s in report["students"].items()}, out / "paired_fidelity.png")
     pngs["paired"] = "paired_fidelity.png"
