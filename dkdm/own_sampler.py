@@ -62,3 +62,17 @@ def own_scheduler(path: str | Path, steps: int, kind: str | None = None, spacing
         raise DkdmError(f"{f}: scheduler {base.get('_class_name')!r} is not one dkdm samples with ({', '.join(KINDS.values())})")
     spacing = base.get("timestep_spacing", spacing) if kind == kind_of_config(base) else spacing
     return make_scheduler(SamplerConfig(scheduler=kind, steps=steps, timestep_spacing=spacing), base)
+
+
+def noise_config(path: str | Path, teacher_config: dict) -> dict:
+    """The scheduler config to sample this student with at any kind and steps: the teacher's, unless the student's
+    own exported config predicts another quantity (a few-step student's v-prediction): then its own."""
+    f = student_folder(path) / "scheduler" / "scheduler_config.json"
+    try:
+        own = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return teacher_config
+    if not isinstance(own, dict) or kind_of_config(own) is None:
+        return teacher_config
+    differs = own.get("prediction_type", "epsilon") != teacher_config.get("prediction_type", "epsilon")
+    return own if differs else teacher_config

@@ -114,6 +114,8 @@ def test_sampling_card_defaults_for_eps_students():
     assert grid == {"scheduler": "ddim", "steps": 5, "steps_supported": [5], "objective": "eps"}
     offsets = sampling_card(ddim, {"sampler": {"coverage": "offsets"}})["sampling"]
     assert offsets["steps"] == 25  # learned every timestep: sampled like the teacher, not at the walk's 5
+    kept = sampling_card(ddim, {"sampling": {"scheduler": "ddim", "steps": 5, "prediction_type": "v_prediction"}})
+    assert kept["sampling"]["prediction_type"] == "v_prediction"  # an objective's extra keys survive the export
     with pytest.raises(DkdmError, match="exported scheduler is DDIMScheduler"):
         sampling_card(ddim, {"sampling": {"scheduler": "lcm", "steps": 2}})
 
