@@ -111,7 +111,7 @@ def generate(
     out: Optional[str] = typer.Option(None, help="Cache location: folder or fsspec URL (s3://...)."),
     trajectories: Optional[int] = typer.Option(None, help="Number of teacher trajectories (seeds)."),
     steps: Optional[int] = typer.Option(None, help="Sampler steps per trajectory."),
-    scheduler: Optional[str] = typer.Option(None, help="ddim | ddpm | dpm++ | euler"),
+    scheduler: Optional[str] = typer.Option(None, help="ddim | ddpm | dpm++ | euler | lcm"),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (0 = deterministic)."),
     keep: Optional[str] = typer.Option(None, help="Steps kept as records: all | every:K | first:N | last:N | i,j,k"),
     shard_size: Optional[int] = typer.Option(None, help="Trajectories per shard."),

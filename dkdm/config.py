@@ -44,7 +44,7 @@ class TransformerSpec:
 class SamplerConfig:
     """How a teacher walks its reverse process; it fixes which timesteps a student learns."""
 
-    scheduler: str = "ddim"  # ddim | ddpm | dpm++ | euler
+    scheduler: str = "ddim"  # ddim | ddpm | dpm++ | euler | lcm
     steps: int = 50
     eta: float = 0.0
     timestep_spacing: str = "trailing"
