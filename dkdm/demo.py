@@ -53,7 +53,7 @@ def own_summary(report: dict) -> list[str]:
            f"{t['images_per_s']:.1f} images/s at batch {few['batch_size']}):"]
     for r in few["rows"]:
         eq, lb = r.get("equal_fid"), r.get("equal_fid_lower_bound")
-        front = (f"; {eq['speedup']:.1f}x faster than the teacher's front at equal FID" if eq else
+        front = (f"; at equal FID vs the teacher's front: {eq['speedup']:.1f}x" if eq else
                  f"; beyond the teacher's front (> {lb['speedup']:.1f}x)" if lb else "")
         out.append(f"  {r['model']} {r['scheduler']}-{r['steps']}: FID {r['fid']:.2f} ({r['fid_ratio']:.2f}x the teacher's), "
                    f"{r['images_per_s']:.1f} images/s ({r['speedup']:.1f}x){front}")
