@@ -92,3 +92,18 @@ def test_own_samplers_off_and_students_without_a_card(tiny_teacher, tmp_path):
                          sampler=SamplerConfig(steps=2), num_samples=8, batch_size=8, speed_repeats=1, device="cpu",
                          cache_root=str(tmp_path / "cache"), embeddings=False)
     assert evaluate(cfg, progress=False)["fewstep"] is None  # a plain model folder names no own sampling
+
+
+def test_cli_sweeps_the_teacher_only_and_prints_the_own_settings(report, tiny_teacher):
+    from conftest import run_cli
+
+    _, out = report
+    root = out.parent
+    res = run_cli("evaluate", "--student", root / "lcm", "--teacher", tiny_teacher, "--out", root / "cli",
+                  "--num-samples", 8, "--batch-size", 8, "--steps", 2, "--device", "cpu", "--cache-root", root / "cache",
+                  "--sweep-schedulers", "ddim", "--sweep-steps", "1", "--sweep-samples", 8, "--sweep-teacher-only", "--quiet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "students at their own scheduler and steps" in res.stdout and "lcm lcm-4: FID" in res.stdout
+    rep = json.loads((root / "cli" / "report.json").read_text())
+    assert {p["model"] for p in rep["sweep"]["points"]} == {"teacher"}
+    assert rep["config"]["sweep_students"] is False and rep["config"]["own_samplers"] is True
