@@ -111,7 +111,7 @@ def generate(
     out: Optional[str] = typer.Option(None, help="Cache location: folder or fsspec URL (s3://...)."),
     trajectories: Optional[int] = typer.Option(None, help="Number of teacher trajectories (seeds)."),
     steps: Optional[int] = typer.Option(None, help="Sampler steps per trajectory."),
-    scheduler: Optional[str] = typer.Option(None, help="ddim | ddpm | dpm++ | euler"),
+    scheduler: Optional[str] = typer.Option(None, help="ddim | ddpm | dpm++ | euler | lcm"),
     eta: Optional[float] = typer.Option(None, help="DDIM eta (0 = deterministic)."),
     keep: Optional[str] = typer.Option(None, help="Steps kept as records: all | every:K | first:N | last:N | i,j,k"),
     shard_size: Optional[int] = typer.Option(None, help="Trajectories per shard."),
@@ -237,6 +237,10 @@ def evaluate(
     sweep_steps: Optional[str] = typer.Option(None, help="Sweep these step counts, e.g. 5,10,25."),
     sweep_samples: Optional[int] = typer.Option(None, help="Samples per sweep point."),
     target_fid: Optional[float] = typer.Option(None, help="Quality target for the cheapest-setting answer."),
+    sweep_students: Optional[bool] = typer.Option(None, "--sweep-students/--sweep-teacher-only",
+                                                  help="Sweep the students too, or only the teacher's front."),
+    own_samplers: Optional[bool] = typer.Option(None, "--own-samplers/--no-own-samplers",
+                                                help="Also sample each student with its card's scheduler and steps."),
     quiet: bool = typer.Option(False),
 ):
     """Compare teacher and students: FID/KID, fidelity, speed, energy, sweeps; report.json, report.md, PNGs."""
@@ -248,10 +252,15 @@ def evaluate(
                           inception=inception, cache_root=cache_root,
                           speed_batch_sizes=_ints(speed_batch_sizes, "--speed-batch-sizes"),
                           sweep_schedulers=_names(sweep_schedulers), sweep_steps=_ints(sweep_steps, "--sweep-steps"),
-                          sweep_samples=sweep_samples, target_fid=target_fid)
+                          sweep_samples=sweep_samples, target_fid=target_fid, sweep_students=sweep_students,
+                          own_samplers=own_samplers)
     cfg = cfgmod.override(cfg, sampler=_sampler(cfg.sampler, scheduler, steps, None))
     report = run(cfg, progress=not quiet)
     print_table(report)
+    from .demo import own_summary
+
+    for line in own_summary(report):
+        typer.echo(line)
     typer.echo(f"report: {cfg.out}/report.json, {cfg.out}/report.md")
 
 

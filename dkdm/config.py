@@ -44,7 +44,7 @@ class TransformerSpec:
 class SamplerConfig:
     """How a teacher walks its reverse process; it fixes which timesteps a student learns."""
 
-    scheduler: str = "ddim"  # ddim | ddpm | dpm++ | euler
+    scheduler: str = "ddim"  # ddim | ddpm | dpm++ | euler | lcm
     steps: int = 50
     eta: float = 0.0
     timestep_spacing: str = "trailing"
@@ -161,6 +161,7 @@ class EvaluateConfig:
     target_fid: float = 0.0  # cheapest setting reaching it; 0 = 1.25 x the teacher's FID at the main setting
     embeddings: bool = True  # PCA and t-SNE of real/teacher/student features
     embedding_points: int = 400  # per group
+    sweep_students: bool = True  # false: sweep only the teacher (the front few-step students are set against)
     own_samplers: bool = True  # also sample each student with the scheduler and steps its card names (few-step students)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .cache.limits import check
 from .config import SamplerConfig
 from .errors import DkdmError
 from .schedulers import KINDS, kind_of_config, make_scheduler
@@ -57,8 +58,29 @@ def own_scheduler(path: str | Path, steps: int, kind: str | None = None, spacing
         base = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DkdmError(f"student {folder}: cannot read scheduler/scheduler_config.json ({exc})") from None
+    T = base.get("num_train_timesteps") if isinstance(base, dict) else None
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise DkdmError(f"{f}: num_train_timesteps must be a positive integer, got {T!r}")
+    check("steps", T, f"{f}: num_train_timesteps")  # an untrusted config: bound what the scheduler allocates
+    if not isinstance(base.get("original_inference_steps", 1), int):
+        raise DkdmError(f"{f}: original_inference_steps must be an integer")
+    check("steps", base.get("original_inference_steps", 1), f"{f}: original_inference_steps")
     kind = kind or kind_of_config(base)
     if kind is None:
         raise DkdmError(f"{f}: scheduler {base.get('_class_name')!r} is not one dkdm samples with ({', '.join(KINDS.values())})")
     spacing = base.get("timestep_spacing", spacing) if kind == kind_of_config(base) else spacing
     return make_scheduler(SamplerConfig(scheduler=kind, steps=steps, timestep_spacing=spacing), base)
+
+
+def noise_config(path: str | Path, teacher_config: dict) -> dict:
+    """The scheduler config to sample this student with at any kind and steps: the teacher's, unless the student's
+    own exported config predicts another quantity (a few-step student's v-prediction): then its own."""
+    f = student_folder(path) / "scheduler" / "scheduler_config.json"
+    try:
+        own = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return teacher_config
+    if not isinstance(own, dict) or kind_of_config(own) is None:
+        return teacher_config
+    differs = own.get("prediction_type", "epsilon") != teacher_config.get("prediction_type", "epsilon")
+    return own if differs else teacher_config

@@ -22,7 +22,12 @@ def report(tiny_teacher, tmp_path_factory):
                    {"sampling": {"scheduler": "lcm", "steps": 2, "steps_supported": [1, 2, 4], "objective": "consistency"}})
     export_student(t.unet, make_scheduler(SamplerConfig(steps=3), t.scheduler_config), root / "same" / "student",
                    {"sampler": {"coverage": "grid"}})
-    cfg = EvaluateConfig(teacher=str(tiny_teacher), students=[str(root / "lcm"), str(root / "same" / "student")],
+    # 'vpred': exported with a v-prediction DDIM-3 (as a trajectory student is): every setting must use that config
+    export_student(t.unet, make_scheduler(SamplerConfig(steps=3), {**t.scheduler_config, "prediction_type": "v_prediction"}),
+                   root / "vpred" / "student", {"sampling": {"scheduler": "ddim", "steps": 3, "steps_supported": [3],
+                                                             "objective": "trajectory", "jump_states": 2}})
+    cfg = EvaluateConfig(teacher=str(tiny_teacher), students=[str(root / "lcm"), str(root / "same" / "student"),
+                                                              str(root / "vpred")],
                          out=str(root / "ev"), sampler=SamplerConfig(steps=3), num_samples=40, batch_size=20,
                          speed_repeats=1, device="cpu", cache_root=str(root / "cache"), embeddings=False,
                          sweep_schedulers=["ddim", "euler"], sweep_steps=[1, 3], sweep_samples=20)
@@ -33,7 +38,7 @@ def test_each_student_at_its_own_steps(report):
     rep, out = report
     few = rep["fewstep"]
     got = [(r["model"], r["scheduler"], r["steps"]) for r in few["rows"]]
-    assert got == [("lcm", "lcm", 1), ("lcm", "lcm", 2), ("lcm", "lcm", 4), ("same", "ddim", 3)]
+    assert got == [("lcm", "lcm", 1), ("lcm", "lcm", 2), ("lcm", "lcm", 4), ("same", "ddim", 3), ("vpred", "ddim", 3)]
     rows = {(r["model"], r["steps"]): r for r in few["rows"]}
     # 'same' at its own setting is the main setting: same seeds, same sampler -> the main table's FID exactly
     assert rows["same", 3]["fid"] == pytest.approx(rep["students"]["same"]["fid"], rel=1e-9)
@@ -41,6 +46,11 @@ def test_each_student_at_its_own_steps(report):
     # and on the sweep's seeds (a prefix) its FID is the sweep's own ddim-3 point for that student
     sweep_pt = next(p for p in rep["sweep"]["points"] if (p["model"], p["scheduler"], p["steps"]) == ("same", "ddim", 3))
     assert rows["same", 3]["front_fid"] == pytest.approx(sweep_pt["fid"], rel=1e-9)
+    # the v-prediction student: main table, own row and sweep all sample through its own config, not the teacher's
+    assert rows["vpred", 3]["fid"] == pytest.approx(rep["students"]["vpred"]["fid"], rel=1e-9)
+    assert abs(rows["vpred", 3]["fid"] - rep["teacher"]["fid"]) > 1e-3  # the same eps weights read as v: other images
+    vsweep = next(p for p in rep["sweep"]["points"] if (p["model"], p["scheduler"], p["steps"]) == ("vpred", "ddim", 3))
+    assert rows["vpred", 3]["front_fid"] == pytest.approx(vsweep["fid"], rel=1e-9)
     assert rows["lcm", 1]["front_fid"] != rows["lcm", 1]["fid"]  # 20 of the 40 seeds: another estimate
     assert len({round(rows["lcm", s]["fid"], 6) for s in (1, 2, 4)}) == 3  # three different samplers really ran
     for r in few["rows"]:
@@ -70,6 +80,10 @@ def test_front_reads_off_the_teacher_sweep(report):
     md = (out / "report.md").read_text()
     assert "## Students at their own scheduler and steps" in md and "| lcm | lcm | 1 |" in md
     assert (out / "pareto_fewstep.png").stat().st_size > 5000
+    from PIL import Image
+
+    grid = Image.open(out / "fewstep_grid.png")  # six panels (teacher + 5 student settings) of 4x4 images, 69x4 px
+    assert grid.size == (6 * 276 + 5 * 8, 276 + 14)
     assert json.loads((out / "report.json").read_text())["pngs"]["pareto_fewstep"] == "pareto_fewstep.png"
 
 
@@ -78,3 +92,18 @@ def test_own_samplers_off_and_students_without_a_card(tiny_teacher, tmp_path):
                          sampler=SamplerConfig(steps=2), num_samples=8, batch_size=8, speed_repeats=1, device="cpu",
                          cache_root=str(tmp_path / "cache"), embeddings=False)
     assert evaluate(cfg, progress=False)["fewstep"] is None  # a plain model folder names no own sampling
+
+
+def test_cli_sweeps_the_teacher_only_and_prints_the_own_settings(report, tiny_teacher):
+    from conftest import run_cli
+
+    _, out = report
+    root = out.parent
+    res = run_cli("evaluate", "--student", root / "lcm", "--teacher", tiny_teacher, "--out", root / "cli",
+                  "--num-samples", 8, "--batch-size", 8, "--steps", 2, "--device", "cpu", "--cache-root", root / "cache",
+                  "--sweep-schedulers", "ddim", "--sweep-steps", "1", "--sweep-samples", 8, "--sweep-teacher-only", "--quiet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "students at their own scheduler and steps" in res.stdout and "lcm lcm-4: FID" in res.stdout
+    rep = json.loads((root / "cli" / "report.json").read_text())
+    assert {p["model"] for p in rep["sweep"]["points"]} == {"teacher"}
+    assert rep["config"]["sweep_students"] is False and rep["config"]["own_samplers"] is True

@@ -114,6 +114,8 @@ def test_sampling_card_defaults_for_eps_students():
     assert grid == {"scheduler": "ddim", "steps": 5, "steps_supported": [5], "objective": "eps"}
     offsets = sampling_card(ddim, {"sampler": {"coverage": "offsets"}})["sampling"]
     assert offsets["steps"] == 25  # learned every timestep: sampled like the teacher, not at the walk's 5
+    kept = sampling_card(ddim, {"sampling": {"scheduler": "ddim", "steps": 5, "prediction_type": "v_prediction"}})
+    assert kept["sampling"]["prediction_type"] == "v_prediction"  # an objective's extra keys survive the export
     with pytest.raises(DkdmError, match="exported scheduler is DDIMScheduler"):
         sampling_card(ddim, {"sampling": {"scheduler": "lcm", "steps": 2}})
 
@@ -133,3 +135,17 @@ def test_forged_sampling_card_is_one_clear_error(lcm_student, tmp_path, sampling
     (folder / "dkdm_student.json").write_text("{not json")
     with pytest.raises(DkdmError, match="not valid JSON"):
         own_sampling(folder)
+
+
+def test_forged_scheduler_config_is_refused_before_allocating(lcm_student, tmp_path):
+    import shutil
+
+    folder = tmp_path / "s"
+    shutil.copytree(lcm_student, folder)
+    f = folder / "scheduler" / "scheduler_config.json"
+    good = json.loads(f.read_text())
+    for bad, msg in (({"num_train_timesteps": 10**12}, "num_train_timesteps"), ({"num_train_timesteps": "x"}, "positive integer"),
+                     ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "not one dkdm samples with")):
+        f.write_text(json.dumps({**good, **bad}))
+        with pytest.raises(DkdmError, match=msg):
+            own_scheduler(folder, 2)

@@ -69,3 +69,22 @@ def test_evaluate_t2i_samples_the_student_at_its_own_steps_and_guidance(fewstep,
     # same U-Net weights: the student's U-Net FLOPs are 2 steps x 1 call against the teacher's 3 steps x 2 calls
     assert s["flops_per_image"]["unet"] * 6 == t["flops_per_image"]["unet"] * 2
     assert "run (lcm-2, guidance 1)" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_serve_uses_the_students_own_steps_and_baked_in_guidance(fewstep):
+    import torch
+
+    from dkdm.serve.models import generate, load_served
+    from dkdm.serve.schema import Limits, parse
+
+    _, teacher, student = fewstep
+    models = {"fast": load_served(f"fast={student.parent}", torch.device("cpu")),
+              "teacher": load_served(f"teacher={teacher}", torch.device("cpu"))}
+    req, _ = parse(json.dumps({"model": "fast", "prompt": "a handwritten digit 7"}).encode(), models, Limits())
+    assert (req.scheduler, req.steps, req.guidance) == ("lcm", 2, 1.0)
+    t_req, _ = parse(json.dumps({"model": "teacher", "prompt": "a handwritten digit 7"}).encode(), models, Limits())
+    assert (t_req.scheduler, t_req.steps, t_req.guidance) == ("ddim", 25, 3.0)  # the teacher keeps the old defaults
+    x = generate(models["fast"], req.seeds, req.steps, req.scheduler, guidance=req.guidance, prompts=[req.prompt])
+    assert x.shape == (1, 1, 16, 16) and torch.isfinite(x).all()
+    again = generate(models["fast"], req.seeds, req.steps, req.scheduler, guidance=req.guidance, prompts=[req.prompt])
+    assert torch.equal(x, again)  # LCM's re-noising comes from the seed's generator

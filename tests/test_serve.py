@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dkdm.commands.serve import load_models
 from dkdm.evaluate.sweep import scheduler_for
 from dkdm.imaging import to_uint8
 from dkdm.sampling import sample_many, unet_fn
@@ -21,8 +22,6 @@ from dkdm.teacher import load_teacher
 
 from conftest import run_cli
 from serve_helpers import LiveServer, distilled_student, tiny_models
-
-from dkdm.commands.serve import load_models
 
 LIMITS = Limits(max_steps=10, max_images=4, max_body_bytes=1024, max_queue=8, max_batch=4, max_wait_ms=50, timeout_s=30)
 

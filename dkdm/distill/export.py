@@ -36,7 +36,7 @@ def sampling_card(sched, card: dict) -> dict:
                         f"{type(sched).__name__}")
     if any(s < 1 for s in out["steps_supported"]):
         raise DkdmError(f"sampling steps must be positive, got {out['steps_supported']}")
-    return {**card, "sampling": out}
+    return {**card, "sampling": {**given, **out}}  # an objective's extra keys (prediction type, walk) are kept
 
 
 def export_student(unet, sched, out: str | Path, card: dict) -> Path:

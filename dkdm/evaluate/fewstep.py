@@ -7,7 +7,8 @@ import statistics
 
 from ..own_sampler import own_sampling, own_scheduler
 from ..progress import progress_bar
-from ..sampling import unet_fn
+from ..sampling import sample, unet_fn
+from ..schedulers import kind_of
 from .speed import time_sampling
 from .sweep import cheapest_reaching, measure, pareto_front
 
@@ -26,12 +27,16 @@ def own_settings(students: dict) -> dict:
     return out
 
 
+GRID_SEEDS = 16  # images per panel of fewstep_grid.png
+
+
 def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seeds, shape, cfg, extractor, ref,
-                 sweep: dict | None, device, progress: bool = True) -> dict | None:
-    """The report's `fewstep` section, or None when no student card names its own sampling."""
+                 sweep: dict | None, device, progress: bool = True) -> tuple[dict | None, list]:
+    """The report's `fewstep` section (None when no student card names its own sampling), and the grid's panels:
+    (label, images) for the first GRID_SEEDS seeds, the teacher at the main setting first."""
     settings = own_settings({n: p for n, p in paths.items() if n != "teacher"})
     if not settings:
-        return None
+        return None, []
     seeds = list(seeds)
     bar = progress_bar(len(seeds) * sum(map(len, settings.values())), "own samplers", disable=not progress, unit="img")
     rows, scheds = [], {}
@@ -49,6 +54,11 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
                 row["front_fid"] = ref.fid(feats[:front_n]) if front_n < len(seeds) else point["fid"]
             rows.append(row)
     bar.close()
+    k = min(GRID_SEEDS, len(seeds))
+    panels = [(f"teacher {kind_of(main_sched)}-{len(main_sched.timesteps)}", sample(unet_fn(models["teacher"]), main_sched,
+                                                                                   seeds[:k], shape, device=device).cpu())]
+    panels += [(f"{r['model']} {r['scheduler']}-{r['steps']}", sample(unet_fn(models[r["model"]]), scheds[r["label"]],
+                                                                       seeds[:k], shape, device=device).cpu()) for r in rows]
     bs = (cfg.speed_batch_sizes or [cfg.batch_size])[0]
     fns = {"teacher": unet_fn(models["teacher"])} | {r["label"]: unet_fn(models[r["model"]]) for r in rows}
     times, _ = time_sampling(fns, {"teacher": main_sched} | scheds, shape, bs, cfg.speed_repeats, device=device)
@@ -57,11 +67,11 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
         r["speedup_per_round"] = [a / b for a, b in zip(times["teacher"], times[r["label"]])]
         r["speedup"] = statistics.median(r["speedup_per_round"])
     out = {"rows": rows, "batch_size": bs, "n": len(seeds), "seeds": [seeds[0], seeds[-1]], "note": UNIT_NOTE,
-           "teacher": {"scheduler": main_sched.__class__.__name__, "steps": len(main_sched.timesteps), "fid": teacher_fid,
+           "teacher": {"scheduler": kind_of(main_sched), "steps": len(main_sched.timesteps), "fid": teacher_fid,
                        "images_per_s": bs / statistics.median(times["teacher"])}, "front": None}
     if sweep:
         out["front"] = against_front([p for p in sweep["points"] if p["model"] == "teacher"], rows, front_n)
-    return out
+    return out, panels
 
 
 def against_front(teacher_pts: list[dict], rows: list[dict], n: int) -> dict:

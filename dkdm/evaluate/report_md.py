@@ -98,6 +98,7 @@ def render_markdown(report: dict) -> str:
     captions = {"samples": "same seeds: teacher | students", "paired": "per-seed distance to the teacher",
                 "quality_vs_steps": "FID vs sampling steps", "pareto_time": "quality vs time (Pareto front)",
                 "pareto_energy": "quality vs energy (Pareto front)",
+                "fewstep_grid": "same seeds: teacher at the main setting | students at their own steps",
                 "pareto_fewstep": "students at their own steps vs the teacher's whole front", "pca": "PCA of features", "tsne": "t-SNE of features"}
     for k, cap in captions.items():
         if k in png:

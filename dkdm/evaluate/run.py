@@ -24,6 +24,7 @@ from .embeddings import embed
 from .fewstep import evaluate_own
 from .energy import open_counter
 from .features import extract, load_extractor
+from ..own_sampler import noise_config
 from .models import load_student_unet, student_name
 from .paired import is_deterministic, paired_scores
 from .reference import real_reference, teacher_reference
@@ -82,8 +83,13 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         key = name if name not in models else s
         models[key], paths[key] = load_student_unet(s, device), s
     names = list(models)
+    # a student predicting another quantity than the teacher (v for few-step students) samples the same kind, steps
+    # and spacing through its own exported config
+    configs = {n: noise_config(paths[n], teacher.scheduler_config) if n in paths else teacher.scheduler_config for n in names}
+    scheds = {n: sched if configs[n] is teacher.scheduler_config else
+              scheduler_for(cfg.sampler.scheduler, cfg.sampler.steps, spacing, configs[n])[0] for n in names}
 
-    samples = {n: _sample(n, u, sched, seeds, shape, cfg, device, progress) for n, u in models.items()}
+    samples = {n: _sample(n, u, scheds[n], seeds, shape, cfg, device, progress) for n, u in models.items()}
     feats = {n: extract(extractor, x, n, progress=progress) for n, x in samples.items()}
 
     ref_spec = cfg.reference if cfg.reference != "auto" else ("digits" if shape == (1, 16, 16) else "teacher")
@@ -102,15 +108,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     else:
         paired_cfg = cfgmod.SamplerConfig(scheduler="ddim", steps=cfg.sampler.steps, eta=0.0,
                                           timestep_spacing=cfg.sampler.timestep_spacing)
-        psched = make_scheduler(paired_cfg, teacher.scheduler_config)
-        paired_imgs = {n: _sample(f"{n} (paired, ddim)", u, psched, seeds, shape, cfg, device, progress, eta=0.0)
+        paired_imgs = {n: _sample(f"{n} (paired, ddim)", u, make_scheduler(paired_cfg, configs[n]), seeds, shape, cfg, device,
+                                  progress, eta=0.0)
                        for n, u in models.items()}
         paired_feats = {n: extract(extractor, x, f"{n} (paired)", progress=progress) for n, x in paired_imgs.items()}
 
     counter, energy_reason = open_counter(device)
     batch_sizes = list(dict.fromkeys(cfg.speed_batch_sizes or [cfg.batch_size]))
     # the headline batch size is timed with the models taking turns, so the speed-up survives load swings
-    main_times, main_joules = time_sampling({n: unet_fn(u) for n, u in models.items()}, sched, shape, batch_sizes[0],
+    main_times, main_joules = time_sampling({n: unet_fn(u) for n, u in models.items()}, scheds, shape, batch_sizes[0],
                                             cfg.speed_repeats, device=device, counter=counter)
     results = {}
     for n, unet in models.items():
@@ -122,7 +128,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             "weights_bytes": weights_bytes(unet),
             "flops_per_step": fps,
             "flops_per_image": fps * steps,
-            **speed_report(unet_fn(unet), sched, shape, batch_sizes, cfg.speed_repeats, device=device,
+            **speed_report(unet_fn(unet), scheds[n], shape, batch_sizes, cfg.speed_repeats, device=device,
                            counter=counter, energy_reason=energy_reason, main=(main_times[n], main_joules[n])),
         }
         if n != "teacher":
@@ -134,8 +140,9 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     sweep = None
     if cfg.sweep_schedulers:
         sweep_seeds = range(cfg.seed, cfg.seed + cfg.sweep_samples)
-        points = run_sweep({n: unet_fn(u) for n, u in models.items()}, teacher.scheduler_config, cfg.sweep_schedulers,
-                           cfg.sweep_steps, sweep_seeds, shape, cfg.batch_size, extractor, ref, counter=counter,
+        swept = {n: unet_fn(u) for n, u in models.items() if cfg.sweep_students or n == "teacher"}
+        points = run_sweep(swept, teacher.scheduler_config, cfg.sweep_schedulers,
+                           cfg.sweep_steps, sweep_seeds, shape, cfg.batch_size, extractor, ref, counter=counter, configs=configs,
                            timestep_spacing=cfg.sampler.timestep_spacing, device=device, progress=progress)
         # Sweep FIDs use fewer samples (biased upwards): the default target comes from the sweep itself.
         target = cfg.target_fid or 1.25 * min(p["fid"] for p in points if p["model"] == "teacher")
@@ -152,8 +159,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         }
 
     # few-step students: each at its own scheduler and steps, against DDIM-25 and the teacher's front (fewstep.py)
-    own = evaluate_own(models, paths, sched, results["teacher"]["fid"], seeds, shape, cfg, extractor, ref, sweep, device,
-                       progress) if cfg.own_samplers else None
+    own, own_grid = evaluate_own(models, paths, sched, results["teacher"]["fid"], seeds, shape, cfg, extractor, ref, sweep,
+                                 device, progress) if cfg.own_samplers else (None, [])
 
     emb = None
     if cfg.embeddings:
@@ -192,12 +199,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         "config": cfgmod.to_dict(dataclasses.replace(cfg)),
     }
     report["seconds"] = time.time() - t_start
-    write_report(report, samples, emb, Path(cfg.out))
+    write_report(report, samples, emb, Path(cfg.out), own_grid)
     return report
 
 
-def write_report(report: dict, samples: dict, emb: dict | None, out: Path) -> None:
+def write_report(report: dict, samples: dict, emb: dict | None, out: Path, own_grid: list = ()) -> None:
     pngs = {"samples": "samples_side_by_side.png"}
+    if own_grid:  # same seeds: the teacher at the main setting | each student at each of its own settings
+        save_png(side_by_side(list(own_grid), ncol=4, scale=4), out / "fewstep_grid.png")
+        pngs["fewstep_grid"] = "fewstep_grid.png"
     save_png(side_by_side([(n, x[:64]) for n, x in samples.items()], ncol=8, scale=4), out / pngs["samples"])
     plots.paired_hist({n: s["paired"]["pixel_rmse_per_seed"] for n, s in report["students"].items()}, out / "paired_fidelity.png")
     pngs["paired"] = "paired_fidelity.png"

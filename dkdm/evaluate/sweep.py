@@ -22,18 +22,20 @@ def scheduler_for(kind: str, steps: int, spacing: str, sched_config: dict):
 
 def run_sweep(models: dict, sched_config: dict, schedulers: list[str], steps_list: list[int], seeds, shape,
               batch_size: int, extractor, reference, counter=None, timestep_spacing: str = "trailing",
-              device="cpu", progress: bool = True) -> list[dict]:
-    """One point per (model, scheduler, steps): FID/KID against the reference, seconds and joules per image."""
+              device="cpu", progress: bool = True, configs: dict | None = None) -> list[dict]:
+    """One point per (model, scheduler, steps): FID/KID against the reference, seconds and joules per image.
+    `configs`: a model's own scheduler config where it differs from `sched_config` (own_sampler.noise_config)."""
     seeds = list(seeds)
     total = len(models) * len(schedulers) * len(steps_list) * len(seeds)
     bar = progress_bar(total, "sweep", disable=not progress, unit="img")
     points = []
     for name, fn in models.items():
-        warm = make_scheduler(SamplerConfig(scheduler="ddim", steps=2, timestep_spacing=timestep_spacing), sched_config)
+        base = (configs or {}).get(name, sched_config)
+        warm = make_scheduler(SamplerConfig(scheduler="ddim", steps=2, timestep_spacing=timestep_spacing), base)
         sample(fn, warm, seeds[:batch_size], shape, device=device)  # warm-up: first-call allocations out of the timings
         for kind in schedulers:
             for steps in steps_list:
-                sched, spacing = scheduler_for(kind, steps, timestep_spacing, sched_config)
+                sched, spacing = scheduler_for(kind, steps, timestep_spacing, base)
                 point, _ = measure(fn, sched, seeds, shape, batch_size, extractor, reference, counter, device,
                                    bar=bar, label=(name, f"{kind}-{steps}"))
                 points.append({"model": name, "scheduler": kind, "steps": steps, "timestep_spacing": spacing, **point})
