@@ -300,3 +300,25 @@ def test_consistency_distill_resumes_to_the_same_student(wds_walk, tiny_teacher,
     a = load_file(str(tmp_path / "a" / "student" / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "student" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", ["bk-small", "transformer"])
+def test_every_student_kind_learns_a_few_step_objective(wds_walk, tiny_teacher, tmp_path, kind):
+    """A bk-* student (kept teacher weights copied) and a DiT train on pairs and sample at 2 LCM steps."""
+    from dkdm.distill.loop import distill
+    from dkdm.evaluate.models import load_student_unet
+
+    seen = []
+    res = distill(distill_cfg(tiny_teacher, wds_walk, tmp_path / kind, objective="consistency", fewstep_steps=2,
+                              student_kind=kind, steps=3, endpoint_weight=1.0),
+                  progress=False, on_step=lambda step, micro, *_: seen.append(type(micro[0]).__name__))
+    assert seen == ["PairBatch"] * 3 and math.isfinite(res["final_loss"])
+    card = json.loads((tmp_path / kind / "student" / "dkdm_student.json").read_text())
+    assert card["sampling"]["scheduler"] == "lcm"
+    if kind == "bk-small":
+        assert card["student"]["removed"] == ["mid"]
+    m = load_student_unet(str(tmp_path / kind))
+    sched = diffusers.LCMScheduler.from_pretrained(tmp_path / kind / "student" / "scheduler")
+    sched.set_timesteps(2)
+    img = sample(unet_fn(m), sched, [0, 1], (1, 16, 16))
+    assert img.shape == (2, 1, 16, 16) and torch.isfinite(img).all()
