@@ -323,6 +323,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 "student": student_info}
         if pairs:
             card["sampling"] = sampling_card
+        card["objective"] = {"name": cfg.objective, "units": trainer.objective.units}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
         check_finite(final, "the trained student")
         export_student(final, view_sched, out / "student", card)
