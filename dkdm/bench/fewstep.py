@@ -28,7 +28,7 @@ from ..teacher import load_teacher
 
 def bench(students: list[str], n: int, steps: list[int], seed: int = 10_000, batch: int = 128, repeats: int = 3,
           teacher_src: str = "builtin:digits", timed: list[str] | None = None, teacher_row: dict | None = None,
-          log=print) -> dict:
+          teacher_settings: list[tuple[str, int]] = (), log=print) -> dict:
     """FID of the teacher (DDIM-25) and of each student at its own scheduler and `steps`; images/s for the teacher
     and the `timed` students (default all; one per architecture suffices: speed does not depend on the seed)."""
     teacher = load_teacher(teacher_src, "cpu")
@@ -47,6 +47,12 @@ def bench(students: list[str], n: int, steps: list[int], seed: int = 10_000, bat
         rows = [{"model": "teacher", "scheduler": "ddim", "steps": 25, **point}]
     log(f"teacher ddim-25: FID {rows[0]['fid']:.3f} ({time.time() - t0:.0f}s)")
     fns, scheds = {"teacher": unet_fn(teacher.unet)}, {"teacher": t_sched}
+    front = []  # the teacher at other (scheduler, steps): FID and seconds/image from `measure`, as the sweep does
+    for kind, k in teacher_settings:
+        sched, spacing = scheduler_for(kind, k, "trailing", teacher.scheduler_config)
+        point, _ = measure(unet_fn(teacher.unet), sched, seeds, shape, batch, extractor, ref)
+        front.append({"model": "teacher", "scheduler": kind, "steps": k, "spacing": spacing, **point})
+        log(f"teacher {kind}-{k}: FID {point['fid']:.3f}")
     for path in students:
         unet = load_student_unet(path, "cpu")
         kind = own_sampling(path)["scheduler"]
@@ -68,7 +74,8 @@ def bench(students: list[str], n: int, steps: list[int], seed: int = 10_000, bat
         r["images_per_s"] = batch / statistics.median(times[lab])
         r["speedup_vs_teacher_ddim25"] = statistics.median([a / b for a, b in zip(times["teacher"], times[lab])])
     return {"n": n, "seeds": [seeds[0], seeds[-1]], "reference": "digits (1,797 real images)", "features": extractor.name,
-            "speed_batch": batch, "speed_rounds": repeats, "threads": torch.get_num_threads(), "rows": rows}
+            "speed_batch": batch, "speed_rounds": repeats, "threads": torch.get_num_threads(), "rows": rows,
+            "teacher_front": front}
 
 
 def main() -> None:
@@ -80,10 +87,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timed", default="", help="comma list of the students to time (default all)")
     ap.add_argument("--teacher-from", default="", help="a previous output: reuse its teacher FID (same n and seeds)")
+    ap.add_argument("--teacher-settings", default="", help="also score the teacher at these, e.g. ddim-4,dpm++-8")
     a = ap.parse_args()
     prev = json.loads(open(a.teacher_from).read())["rows"][0] if a.teacher_from else None
     res = bench(a.students, a.n, [int(s) for s in a.steps.split(",")], repeats=a.repeats,
-                timed=[s for s in a.timed.split(",") if s] or None, teacher_row=prev)
+                timed=[s for s in a.timed.split(",") if s] or None, teacher_row=prev,
+                teacher_settings=[(s.rsplit("-", 1)[0], int(s.rsplit("-", 1)[1])) for s in a.teacher_settings.split(",") if s])
     atomic_write_json(a.out, res)
     print(json.dumps([{k: r.get(k) for k in ("model", "steps", "fid", "images_per_s")} for r in res["rows"]], indent=1))
 
