@@ -202,6 +202,8 @@ def test_short_fewstep_distill_exports_its_scheduler(wds_walk, tiny_teacher, tmp
     card = json.loads((tmp_path / objective / "student" / "dkdm_student.json").read_text())
     assert card["sampling"]["objective"] == objective and card["sampling"]["steps"] == steps
     assert card["student"]["init"] == "teacher"
+    assert card["trajectories"]["range"] == [0, 12] and card["trajectories"]["base_seed"] == 0
+    assert set(card["objective"]["units"]) >= ({"x0_mse"} if objective == "trajectory" else {"cd_mse", "endpoint_mse"})
     sc = json.loads((tmp_path / objective / "student" / "scheduler" / "scheduler_config.json").read_text())
     assert sc["_class_name"] == sched_cls and sc["prediction_type"] == "v_prediction" and sc["timestep_spacing"] == "trailing"
     if objective == "consistency":

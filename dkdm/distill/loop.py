@@ -324,6 +324,10 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         if pairs:
             card["sampling"] = sampling_card
         card["objective"] = {"name": cfg.objective, "units": trainer.objective.units}
+        if reader is not None:  # where the student came from: the cache's base seed and trajectory ids (DESIGN turn 3)
+            spans = [s.get("trajectories") for s in reader.manifest["shards"] if s.get("trajectories")]
+            card["trajectories"] = {"base_seed": sampler_info.get("base_seed"), "seed_rule": sampler_info.get("seed_rule"),
+                                    "range": [min(a for a, _ in spans), max(b for _, b in spans)] if spans else None}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
         check_finite(final, "the trained student")
         export_student(final, view_sched, out / "student", card)
