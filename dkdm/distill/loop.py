@@ -173,8 +173,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     if cfg.student_init == "teacher":
         fewstep.init_from_teacher(student, teacher.unet)
         student_info = {**student_info, "init": "teacher"}
-    pairs = fewstep.is_pairs(cfg)
-    if pairs:  # few-step students sample with their own scheduler (v-prediction, DDIM or LCM trailing)
+    few_step = fewstep.is_pairs(cfg)
+    if few_step:  # few-step students sample with their own scheduler (v-prediction, DDIM or LCM trailing)
         walk_ts, n_train = [int(t) for t in sampler_info["timesteps"]], int(base_sched_cfg.get("num_train_timesteps", 1000))
         jump = fewstep.resolve_jump(cfg, walk_ts, n_train, base_sched_cfg)
         view_sched = fewstep.student_scheduler(cfg, base_sched_cfg, len(walk_ts), jump)
@@ -193,7 +193,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     ema.to(device)
 
     sources = {}
-    if rows["cache"] and pairs:
+    if rows["cache"] and few_step:
         sources["cache"] = PairSource(reader, rows["cache"], cfg.shuffle_buffer, cfg.seed, rank, acc.num_processes,
                                       cfg.num_workers, device, sched, jump, on_bad="skip" if cfg.on_bad_shard == "skip" else "error")
     elif rows["cache"]:
@@ -209,7 +209,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         sources["real"] = RealNoised(images, noise_sched, rows["real"], seed=cfg.seed * 1000 + 500 + rank, device=device)
 
     objective = fewstep.build_objective(cfg, acc.unwrap_model(student), noise_sched, channels, base_sched_cfg,
-                                        len(walk_ts)) if pairs else None
+                                        len(walk_ts)) if few_step else None
     if hasattr(objective, "state_dict"):  # e.g. the consistency target network: checkpointed with the data state
         sources["objective"] = objective
     trainer = StudentTrainer(acc, student, opt, lr_sched, ema, channels, noise_sched, kl_weight=cfg.kl_weight,
@@ -234,7 +234,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         sources["live"].pool.seed_from(seed_reader)
 
     def next_batch() -> Batch:
-        if pairs:
+        if few_step:
             return fewstep.pair_batch(next(sources["cache"]), emb)
         parts = [next(sources[k]) for k in ("cache", "live") if k in sources]
         cond = emb[parts[0][3]] if emb is not None else None  # conditional: the cache is the only source
@@ -321,7 +321,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 "cache_id": reader.manifest["cache_id"] if reader else None, "weights": "ema" if cfg.export_ema else "raw",
                 "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary,
                 "student": student_info}
-        if pairs:
+        if few_step:
             card["sampling"] = sampling_card
         card["objective"] = {"name": cfg.objective, "units": trainer.objective.units}
         if reader is not None:  # where the student came from: the cache's base seed and trajectory ids (DESIGN turn 3)
@@ -333,7 +333,7 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         export_student(final, view_sched, out / "student", card)
         if is_latent_cache(reader):  # a full StableDiffusionPipeline folder, grid decoded through the VAE
             export_latent_student(final, view_sched, reader, teacher, out, device,
-                                  guidance_scale=sampling_card.get("guidance_scale") if pairs else None)
+                                  guidance_scale=sampling_card.get("guidance_scale") if few_step else None)
         else:
             save_sample_grid(final, None, view_sched, spec, out / "student_samples.png", device, cond=emb)
     acc.wait_for_everyone()
