@@ -43,7 +43,7 @@ class TransformerSpec:
 class SamplerConfig:
     """How a teacher walks its reverse process; it fixes which timesteps a student learns."""
 
-    scheduler: str = "ddim"  # ddim | ddpm | dpm++ | euler
+    scheduler: str = "ddim"  # ddim | ddpm | dpm++ | euler | lcm
     steps: int = 50
     eta: float = 0.0
     timestep_spacing: str = "trailing"
@@ -129,6 +129,13 @@ class DistillConfig:
     student_kind: str = "narrow"  # narrow (the [student] spec, random init) | blocks (teacher minus parts) | transformer
     student_remove: list[str] = field(default_factory=list)  # blocks: parts (mid, stage.1.attn, ...) and/or presets (bk-tiny)
     transformer: TransformerSpec = field(default_factory=TransformerSpec)
+    student_init: str = "random"  # random | teacher: narrow students of the teacher's width start as a copy of it
+    # --- few-step objectives (issue 23, docs/fewstep.md) ---
+    objective: str = "eps"  # eps (DKDM matching) | trajectory (jumps between cached states) | consistency (LCM)
+    jump: int = 0  # cached states per student step; 0 = trajectory: walk steps / fewstep_steps, consistency: 1
+    fewstep_steps: int = 4  # the step count a trajectory student serves / a consistency student's default
+    target_ema: float = 0.95  # consistency: EMA decay of the target network (LCM's 0.95)
+    endpoint_weight: float = 0.0  # consistency: weight of the direct term ||f(x_i,t_i) - x0||² (0 = pure CD)
 
 
 @dataclass
@@ -156,6 +163,8 @@ class EvaluateConfig:
     target_fid: float = 0.0  # cheapest setting reaching it; 0 = 1.25 x the teacher's FID at the main setting
     embeddings: bool = True  # PCA and t-SNE of real/teacher/student features
     embedding_points: int = 400  # per group
+    sweep_students: bool = True  # false: sweep only the teacher (the front few-step students are set against)
+    own_samplers: bool = True  # also sample each student with the scheduler and steps its card names (few-step students)
 
 
 @dataclass

@@ -28,12 +28,33 @@ def run_demo(out: str | Path, recipe: str = "digits", progress: bool = True, log
     dis = distill(dis_cfg, progress=progress)
     timings["distill_s"] = time.time() - t1
     t2 = time.time()
-    log(f"[3/3] evaluate: {ev_cfg.num_samples} samples each, same seeds and {ev_cfg.sampler.scheduler}-{ev_cfg.sampler.steps}")
+    log(f"[3/3] evaluate: {ev_cfg.num_samples} samples each, same seeds and {ev_cfg.sampler.scheduler}-{ev_cfg.sampler.steps}"
+        + (", each student also at its own scheduler and steps" if ev_cfg.own_samplers else "")
+        + (f"; teacher front: {'/'.join(ev_cfg.sweep_schedulers)} at {ev_cfg.sweep_steps} steps" if ev_cfg.sweep_schedulers else ""))
     report = evaluate(ev_cfg, progress=progress)
     timings["evaluate_s"] = time.time() - t2
+    for line in own_summary(report):
+        log(line)
     timings["total_s"] = time.time() - t0
     report["demo"] = {"timings": timings, "generate": gen, "distill": dis, "recipe": recipe}
     from .runtime import atomic_write_json
 
     atomic_write_json(out / "report.json", report)
     return report
+
+
+def own_summary(report: dict) -> list[str]:
+    """The few-step students' lines of the demo's output (the rest is the main table the CLI prints)."""
+    few = report.get("fewstep")
+    if not few:
+        return []
+    t = few["teacher"]
+    out = [f"students at their own scheduler and steps (teacher {t['scheduler']}-{t['steps']}: FID {t['fid']:.2f}, "
+           f"{t['images_per_s']:.1f} images/s at batch {few['batch_size']}):"]
+    for r in few["rows"]:
+        eq, lb = r.get("equal_fid"), r.get("equal_fid_lower_bound")
+        front = (f"; at equal FID vs the teacher's front: {eq['speedup']:.1f}x" if eq else
+                 f"; beyond the teacher's front (> {lb['speedup']:.1f}x)" if lb else "")
+        out.append(f"  {r['model']} {r['scheduler']}-{r['steps']}: FID {r['fid']:.2f} ({r['fid_ratio']:.2f}x the teacher's), "
+                   f"{r['images_per_s']:.1f} images/s ({r['speedup']:.1f}x){front}")
+    return out

@@ -135,13 +135,14 @@ def is_latent_cache(reader) -> bool:
     return reader is not None and "vae" in reader.manifest.get("teacher", {})
 
 
-def export_latent_student(unet, sched, reader, teacher, out: Path, device) -> None:
-    """After export_student: the teacher's parts next to unet/ (a full pipeline), and a decoded sample grid."""
+def export_latent_student(unet, sched, reader, teacher, out: Path, device, guidance_scale: float | None = None) -> None:
+    """After export_student: the teacher's parts next to unet/ (a full pipeline), and a decoded sample grid
+    (at `guidance_scale`, default the cache's; 1 for a few-step student with the guidance baked in)."""
     from .cache.embeddings import read_embeddings
 
     lt = latent_teacher_of(reader.manifest, teacher, device)
     check_vae(reader.manifest, lt, reader.store.url)
     add_pipeline_parts(out / "student", lt.source)
     prompts = [p for p in read_embeddings(reader.store)["prompts"] if p][:8]
-    save_decoded_grid(unet, lt, sched, prompts, float(reader.manifest["sampler"].get("guidance_scale", 1.0)),
-                      out / "student_samples.png")
+    g = float(reader.manifest["sampler"].get("guidance_scale", 1.0)) if guidance_scale is None else guidance_scale
+    save_decoded_grid(unet, lt, sched, prompts, g, out / "student_samples.png")

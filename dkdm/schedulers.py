@@ -16,9 +16,10 @@ KINDS = {
     "ddim": "DDIMScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
     "euler": "EulerDiscreteScheduler",
+    "lcm": "LCMScheduler",  # consistency students (Luo et al. 2023): x0 via c_skip/c_out, re-noised between steps
 }
 SINGLE_STEP = {"ddpm", "ddim"}  # schedulers whose step needs no history: usable in a mixed-timestep pool
-NOISY_STEP = {"ddpm"}  # of KINDS, the ones whose step draws fresh noise at any eta (DDIM: only when eta > 0)
+NOISY_STEP = {"ddpm", "lcm"}  # of KINDS, the ones whose step draws fresh noise at any eta (DDIM: only when eta > 0; LCM re-noises)
 
 
 def deterministic_step(sched) -> bool:
@@ -35,10 +36,32 @@ def make_scheduler(cfg: SamplerConfig, base_config: dict):
     extra = {"timestep_spacing": cfg.timestep_spacing}
     if cfg.scheduler == "dpm++":
         extra["algorithm_type"] = "dpmsolver++"
-    base = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    # keys another class would warn about (a DDPM config's variance_type for LCM, LCM's steps for DDIM) are dropped
+    accepted = inspect.signature(cls.__init__).parameters
+    base = {k: v for k, v in base_config.items() if not k.startswith("_") and k in accepted}
+    if cfg.scheduler == "lcm":
+        # LCM picks its steps from an `original_inference_steps` grid (the walk a consistency student learned):
+        # a student's own LCM config carries it; from another kind's config, any step count up to 50 fits
+        own = kind_of_config(base_config) == "lcm"
+        orig = int(base.get("original_inference_steps") or 50) if own else max(50, cfg.steps)
+        if cfg.steps > orig:
+            raise DkdmError(f"this LCM scheduler was made for a {orig}-step walk: it samples at most {orig} steps, "
+                            f"got {cfg.steps}")
+        extra["original_inference_steps"] = orig
     sched = cls.from_config({**base, **extra})
     sched.set_timesteps(cfg.steps)
     return sched
+
+
+def kind_of(sched) -> str:
+    """The short name of a scheduler object ("ddim", "lcm", ...); its class name when it has none."""
+    name = type(sched).__name__
+    return next((k for k, v in KINDS.items() if v == name), name)
+
+
+def kind_of_config(config: dict) -> str | None:
+    """The short name of a saved scheduler config (its `_class_name`), or None for a class we do not sample with."""
+    return next((k for k, v in KINDS.items() if v == config.get("_class_name")), None)
 
 
 def stable_scheduler(cfg: SamplerConfig, base_config: dict):

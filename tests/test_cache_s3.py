@@ -76,3 +76,27 @@ def test_s3_round_trip(s3_env, tiny_teacher, tiny_cache, tmp_path, fmt):
     if fmt == "wds":  # the CLI reads the bucket from the usual AWS_* settings alone
         res = run_cli("cache", "verify", url, env=s3_env)
         assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_s3_trajectory_pairs_match_local(s3_env, tiny_teacher, tmp_path):
+    """The few-step pair stream reads an s3:// cache through the same Store: the same batches as a local copy."""
+    import diffusers
+    import torch
+
+    from dkdm.cache.paths import PairStream
+    from dkdm.config import SamplerConfig
+
+    kw = dict(trajectories=8, sampler=SamplerConfig(steps=4, coverage="grid"))
+    generate(gen_cfg(tiny_teacher, tmp_path / "local", **kw), progress=False)
+    generate(gen_cfg(tiny_teacher, "s3://dkdm-test/pairs", **kw), progress=False)
+
+    def batches(url):
+        r = CacheReader(url)
+        m = r.manifest["scheduler"]
+        sched = getattr(diffusers, m["class"]).from_config(m["config"])
+        sched.set_timesteps(4)
+        return list(PairStream(r, 4, sched, 2, shuffle_buffer=8, seed=0, epochs=1))
+
+    a, b = batches(str(tmp_path / "local")), batches("s3://dkdm-test/pairs")
+    assert len(a) == len(b) == 6  # 8 trajectories x 3 pairs (jump 2 over 4 states + endpoint), batches of 4
+    assert all(torch.equal(u, v) for x, y in zip(a, b) for u, v in zip(x, y))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dkdm.commands.serve import load_models
 from dkdm.evaluate.sweep import scheduler_for
 from dkdm.imaging import to_uint8
 from dkdm.sampling import sample_many, unet_fn
@@ -266,3 +267,40 @@ def test_cli_serves_on_loopback(tiny_teacher):
         proc.terminate()
         proc.wait(10)
     assert "127.0.0.1" in proc.stdout.read()  # loopback unless told otherwise
+
+
+@pytest.fixture(scope="module")
+def lcm_server(tiny_teacher, tmp_path_factory):
+    """The teacher, and a few-step student (the teacher's weights exported with an LCM scheduler for a 4-step walk)."""
+    from dkdm.config import SamplerConfig
+    from dkdm.distill.export import export_student
+    from dkdm.schedulers import make_scheduler
+
+    t = load_teacher(str(tiny_teacher))
+    lcm = make_scheduler(SamplerConfig(scheduler="lcm", steps=2),
+                         {**t.scheduler_config, "_class_name": "LCMScheduler", "original_inference_steps": 4})
+    folder = export_student(t.unet, lcm, tmp_path_factory.mktemp("lcm") / "fast" / "student",
+                            {"sampling": {"scheduler": "lcm", "steps": 2, "steps_supported": [1, 2, 4],
+                                          "objective": "consistency"}})
+    models = load_models([f"teacher={tiny_teacher}", f"fast={folder.parent}"], "cpu", "fp32", False)
+    with LiveServer(build_app(models, LIMITS)) as s:
+        yield s, folder
+
+
+def test_a_few_step_student_is_served_at_its_own_scheduler_and_steps(lcm_server):
+    from dkdm.own_sampler import own_scheduler
+
+    server, folder = lcm_server
+    ms = {m["name"]: m for m in httpx.get(server.url + "/v1/models").json()["models"]}
+    assert ms["fast"]["default"] == {"scheduler": "lcm", "steps": 2, "guidance": None}
+    assert ms["fast"]["steps_supported"] == [1, 2, 4] and ms["teacher"]["default"]["scheduler"] == "ddim"
+    r = post(server, model="fast", seed=5)
+    assert (r.json()["scheduler"], r.json()["steps"]) == ("lcm", 2)
+    unet = load_teacher(str(folder)).unet
+    want = to_uint8(sample_many(unet_fn(unet), own_scheduler(folder, 2), [5], (1, 16, 16), 1))[0][..., 0]
+    assert np.array_equal(pngs(r)[0], want)  # the card's sampler, bit for bit
+    assert not np.array_equal(pngs(post(server, model="fast", seed=5, steps=4))[0], want)
+    t = post(server, model="teacher", seed=5)
+    assert (t.json()["scheduler"], t.json()["steps"]) == ("ddim", LIMITS.max_steps)  # DDIM-25, capped by the limit
+    bad = post(server, model="fast", seed=5, steps=8)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "steps" and "at most 4" in bad.json()["error"]["message"]

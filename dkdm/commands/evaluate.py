@@ -34,4 +34,8 @@ def register(app: typer.Typer, friendly) -> None:
 
         report = run(cfg, progress=not quiet)
         print_table(report)
+        from ..demo import own_summary
+
+        for line in own_summary(report):
+            typer.echo(line)
         typer.echo(f"report: {cfg.out}/report.json, {cfg.out}/report.md")

@@ -142,7 +142,7 @@ GENERATE = (
     F("out", "Cache location: folder or fsspec URL (s3://...)."),
     F("trajectories", "Number of teacher trajectories (seeds)."),
     F("sampler__steps", "Sampler steps per trajectory."),
-    F("sampler__scheduler", "ddim | ddpm | dpm++ | euler"),
+    F("sampler__scheduler", "ddim | ddpm | dpm++ | euler | lcm"),
     F("sampler__eta", "DDIM eta (0 = deterministic)."),
     F("keep", "Steps kept as records: all | every:K | first:N | last:N | i,j,k"),
     F("shard_size", "Trajectories per shard."),
@@ -184,6 +184,9 @@ DISTILL = (
     F("student_kind", "narrow | blocks | transformer | a preset: bk-base, bk-small, bk-tiny, ssd, vega (docs/students.md).",
       name="student"),
     F("student_remove", "blocks: parts to remove, e.g. mid,stage.1.attn (`dkdm students parts`).", name="remove", convert=names),
+    F("objective", "eps (default) | trajectory | consistency (few-step, docs/fewstep.md)."),
+    F("fewstep_steps", "Steps the few-step student is made for (trajectory: its grid)."),
+    F("student_init", "random | teacher (a teacher-width student starts as the teacher)."),
 )
 EVALUATE = (
     F("students", "Student folder(s); repeat to compare several.", name="student", decls=("--student",), many=True,
@@ -203,6 +206,8 @@ EVALUATE = (
     F("sweep_steps", "Sweep these step counts, e.g. 5,10,25.", convert=ints),
     F("sweep_samples", "Samples per sweep point."),
     F("target_fid", "Quality target for the cheapest-setting answer."),
+    F("sweep_students", "Sweep the students too, or only the teacher's front.", decls=("--sweep-students/--sweep-teacher-only",)),
+    F("own_samplers", "Also sample each student with its card's scheduler and steps.", decls=("--own-samplers/--no-own-samplers",)),
 )
 EVALUATE_T2I = (
     *pick(EVALUATE, "student", "teacher", "out", "num_samples", "batch_size", "steps", "scheduler", "seed", "reference",

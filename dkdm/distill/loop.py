@@ -31,12 +31,13 @@ from ..students import build_student, count_params, student_spec_for
 from ..teacher import load_teacher
 from ..weights import check_finite
 from . import checkpoint as ckpt
+from . import fewstep
 from .export import export_student
 from .features import BlockTap, feature_pairs
 from .observe import CsvLog, save_sample_grid, start_trackers, use_tensorboard
 from .pool import TeacherPool
 from .real import RealNoised, load_real_images
-from .sources import CacheSource, PoolSource
+from .sources import CacheSource, PairSource, PoolSource
 from .trainer import Batch, StudentTrainer
 
 SOURCES = ("cache", "live", "both")
@@ -44,10 +45,12 @@ PRECISIONS = ("no", "fp16", "bf16")
 # settings a resumed run must share with the checkpoint, or the data stream would not line up; num_workers too:
 # each loader worker reads its own shard slice with its own generator
 RESUME_KEYS = ("source", "sampler", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real",
-               "num_workers")
+               "num_workers",
+               "objective", "jump", "fewstep_steps")
 
 
 def validate(cfg: DistillConfig) -> None:
+    fewstep.validate(cfg)
     for name in ("steps", "batch_size", "shuffle_buffer", "grad_accum", "log_every"):
         positive(name, getattr(cfg, name))
     if cfg.source not in SOURCES:
@@ -165,6 +168,16 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     spec = student_spec_for(teacher_cfg, cfg.student)
     emb = conditioning_table(reader, teacher, rows, device)
     student, student_info = build_student(cfg, spec, teacher.unet if teacher else None, teacher_cfg)
+    if cfg.student_init == "teacher":
+        fewstep.init_from_teacher(student, teacher.unet)
+        student_info = {**student_info, "init": "teacher"}
+    few_step = fewstep.is_pairs(cfg)
+    if few_step:  # few-step students sample with their own scheduler (v-prediction, DDIM or LCM trailing)
+        walk_ts, n_train = [int(t) for t in sampler_info["timesteps"]], int(base_sched_cfg.get("num_train_timesteps", 1000))
+        jump = fewstep.resolve_jump(cfg, walk_ts, n_train, base_sched_cfg)
+        view_sched = fewstep.student_scheduler(cfg, base_sched_cfg, len(walk_ts), jump)
+        sampling_card = fewstep.sampling_card(cfg, view_sched, walk_ts, n_train, base_sched_cfg, jump,
+                                              guided=emb is not None)
     channels = spec.in_channels
     student_tap = None
     if cfg.feature_kd > 0:
@@ -179,7 +192,10 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
     ema.to(device)
 
     sources = {}
-    if rows["cache"]:
+    if rows["cache"] and few_step:
+        sources["cache"] = PairSource(reader, rows["cache"], cfg.shuffle_buffer, cfg.seed, rank, acc.num_processes,
+                                      cfg.num_workers, device, sched, jump, on_bad="skip" if cfg.on_bad_shard == "skip" else "error")
+    elif rows["cache"]:
         sources["cache"] = CacheSource(reader, rows["cache"], cfg.shuffle_buffer, cfg.seed, rank, acc.num_processes,
                                        cfg.num_workers, device, on_bad="skip" if cfg.on_bad_shard == "skip" else "error")
     if rows["live"]:
@@ -190,8 +206,13 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         images = load_real_images(cfg.real, channels, spec.sample_size)
         sources["real"] = RealNoised(images, noise_sched, rows["real"], seed=seeds.real(cfg.seed, rank), device=device)
 
+    objective = fewstep.build_objective(cfg, acc.unwrap_model(student), noise_sched, channels, base_sched_cfg,
+                                        len(walk_ts)) if few_step else None
+    if hasattr(objective, "state_dict"):  # e.g. the consistency target network: checkpointed with the data state
+        sources["objective"] = objective
     trainer = StudentTrainer(acc, student, opt, lr_sched, ema, channels, noise_sched, kl_weight=cfg.kl_weight,
-                             feature_kd=cfg.feature_kd, student_tap=student_tap, clip=cfg.grad_clip)
+                             feature_kd=cfg.feature_kd, student_tap=student_tap, clip=cfg.grad_clip,
+                             objective=objective)
     resume_from = ckpt.resolve_resume(out, cfg.resume)
     start, seen_before = 0, 0
     resolved = cfgmod.to_dict(cfg)
@@ -212,6 +233,8 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
         sources["live"].pool.seed_from(seed_reader)
 
     def next_batch() -> Batch:
+        if few_step:
+            return fewstep.pair_batch(next(sources["cache"]), emb)
         parts = [next(sources[k]) for k in ("cache", "live") if k in sources]
         cond = emb[parts[0][3]] if emb is not None else None  # conditional: the cache is the only source
         if cfg.feature_kd > 0 and "cache" in sources:
@@ -302,11 +325,15 @@ def distill(cfg: DistillConfig, progress: bool = True, on_step=None) -> dict:
                 if reader is not None and (rows["cache"] or rows["live"] and cfg.pool_init == "cache") else None, "weights": "ema" if cfg.export_ema else "raw",
                 "sampler": sampler_info, "params": count_params(final), "config": resolved, "summary": summary,
                 "student": student_info}
+        if few_step:
+            card["sampling"] = sampling_card
+        card["objective"] = {"name": cfg.objective, "units": trainer.objective.units}
         card["teacher"] = {k: v for k, v in card["teacher"].items() if k != "config"}
         check_finite(final, "the trained student")
         export_student(final, view_sched, out / "student", card)
         if is_latent_cache(reader):  # a full StableDiffusionPipeline folder, grid decoded through the VAE
-            export_latent_student(final, view_sched, reader, teacher, out, device)
+            export_latent_student(final, view_sched, reader, teacher, out, device,
+                                  guidance_scale=sampling_card.get("guidance_scale") if few_step else None)
         else:
             save_sample_grid(final, None, view_sched, spec, out / "student_samples.png", device, cond=emb)
     acc.wait_for_everyone()

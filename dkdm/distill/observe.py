@@ -13,7 +13,8 @@ from ..extras import install_hint
 from ..imaging import grid, save_png
 from ..sampling import sample, unet_fn
 
-FIELDS = ("step", "loss", "eps_mse", "kl", "feature_kd", "lr", "records_per_s")
+# few-step objectives log their own parts (units: dkdm/distill/objectives, docs/fewstep.md)
+FIELDS = ("step", "loss", "eps_mse", "kl", "feature_kd", "lr", "records_per_s", "x0_mse", "xj_mse", "cd_mse", "endpoint_mse")
 GRID_SEEDS = range(64)  # fixed seeds: grids from different steps show the same noise
 
 

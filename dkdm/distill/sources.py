@@ -46,6 +46,32 @@ class CacheSource:
         self.consumed, self._it = int(state["consumed"]), None
 
 
+class PairSource(CacheSource):
+    """Batches of state pairs of one trajectory (dkdm.cache.paths); resumes by fast-forwarding, like CacheSource."""
+
+    def __init__(self, reader: CacheReader, batch_size: int, shuffle_buffer: int, seed: int, rank: int, world: int,
+                 num_workers: int, device, sched, jump: int, on_bad: str = "error"):
+        super().__init__(reader, batch_size, shuffle_buffer, seed, rank, world, num_workers, device, on_bad)
+        self.sched, self.jump = sched, jump
+
+    def _open(self):
+        from ..cache.paths import pair_loader
+
+        b, buf, seed, rank, world, nw = self.args
+        it = iter(pair_loader(self.reader, b, self.sched, self.jump, num_workers=nw, shuffle_buffer=buf, seed=seed,
+                              rank=rank, world=world, on_bad=self.on_bad))
+        for _ in range(self.consumed):
+            next(it)
+        return it
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._open()
+        batch = next(self._it)
+        self.consumed += 1
+        return tuple(v.to(self.device, non_blocking=True) for v in batch)
+
+
 class PoolSource:
     def __init__(self, pool: TeacherPool):
         self.pool = pool

@@ -1,5 +1,5 @@
-"""One optimizer step of the student: eps MSE on every row, the KL on teacher rows with learned
-variance, feature KD on live-teacher rows; accelerate handles DDP, accumulation and precision."""
+"""One optimizer step of the student under its objective (eps matching by default, see distill/objectives);
+accelerate handles DDP, accumulation and precision."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..students.call import model_call
-from .losses import eps_mse, feature_terms, kl_learned_variance
+from .objectives.eps import EpsObjective
 
 
 @dataclass
@@ -28,28 +27,14 @@ class Batch:
 
 class StudentTrainer:
     def __init__(self, acc, student, opt, lr_sched, ema, channels: int, noise_sched=None, kl_weight: float = 0.0,
-                 feature_kd: float = 0.0, student_tap=None, clip: float = 1.0):
+                 feature_kd: float = 0.0, student_tap=None, clip: float = 1.0, objective=None):
         self.acc, self.student, self.opt, self.lr_sched, self.ema = acc, student, opt, lr_sched, ema
-        self.channels, self.noise_sched, self.kl_weight = channels, noise_sched, kl_weight
-        self.feature_kd, self.tap, self.clip = feature_kd, student_tap, clip
+        self.channels, self.clip = channels, clip
+        # the loss: eps matching (+KL, +feature KD) unless a few-step objective is given (dkdm.distill.objectives)
+        self.objective = objective or EpsObjective(channels, noise_sched, kl_weight, feature_kd, student_tap)
 
-    def loss(self, b: Batch) -> tuple[torch.Tensor, dict]:
-        out = model_call(self.student, b.x, b.t, b.cond)
-        loss = eps_mse(out, b.eps, self.channels)
-        parts = {"eps_mse": loss.detach()}
-        if self.kl_weight > 0 and b.n_teacher and b.teacher_out.shape[1] == 2 * self.channels and out.shape[1] == 2 * self.channels:
-            n = b.n_teacher
-            kl = kl_learned_variance(out[:n], b.teacher_out, b.x[:n], b.t[:n], self.noise_sched, self.channels)
-            loss = loss + self.kl_weight * kl
-            parts["kl"] = kl.detach()
-        if self.feature_kd > 0 and b.teacher_feats is not None:
-            terms = feature_terms(self.tap.take(b.live_rows), b.teacher_feats)
-            fk = sum(terms)
-            loss = loss + self.feature_kd * fk
-            parts["feature_kd"] = fk.detach()
-            # each block's term apart (TensorBoard; the CSV keeps the sum)
-            parts.update({f"feature_kd/{n}": v.detach() for n, v in zip(getattr(self.tap, "names", ()), terms)})
-        return loss, parts
+    def loss(self, b) -> tuple[torch.Tensor, dict]:
+        return self.objective(b, self.student)
 
     def step(self, micro_batches) -> tuple[float, dict]:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
@@ -67,5 +52,7 @@ class StudentTrainer:
                 parts_sum[k] = parts_sum.get(k, 0.0) + v.item()
         self.lr_sched.step()
         self.ema.step(self.student.parameters())
+        if hasattr(self.objective, "after_step"):  # e.g. the consistency objective's EMA target
+            self.objective.after_step(self.acc.unwrap_model(self.student))
         n = len(micro_batches)
         return total / n, {k: v / n for k, v in parts_sum.items()}

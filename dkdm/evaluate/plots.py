@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 
 from ..figures import save_figure  # noqa: E402
 
-MARKERS = {"ddpm": "o", "ddim": "s", "dpm++": "^", "euler": "D"}
-STYLES = {"ddpm": ":", "ddim": "-", "dpm++": "--", "euler": "-."}
+MARKERS = {"ddpm": "o", "ddim": "s", "dpm++": "^", "euler": "D", "lcm": "*"}
+STYLES = {"ddpm": ":", "ddim": "-", "dpm++": "--", "euler": "-.", "lcm": "-"}
 
 
 _save = save_figure
@@ -68,6 +68,40 @@ def pareto(points: list[dict], front: list[dict], path: Path, cost: str, cost_la
     ax.set_title("quality vs cost: every (model, scheduler, steps)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def fewstep_front(teacher_points: list[dict], few: dict, path: Path, cost_label: str) -> None:
+    """The teacher's every (scheduler, steps) in grey with its Pareto front, and each student at its own steps."""
+    fr = few["front"]
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for p in teacher_points:
+        ax.scatter(p["seconds_per_image"], p["fid"], color="0.6", marker=MARKERS.get(p["scheduler"], "o"), s=22, alpha=0.7)
+    tf = fr["teacher_front"]
+    ax.plot([p["seconds_per_image"] for p in tf], [p["fid"] for p in tf], "k-", lw=1, label="teacher's front")
+    for s, mk in MARKERS.items():
+        if any(p["scheduler"] == s for p in teacher_points):
+            ax.scatter([], [], color="0.6", marker=mk, label=f"teacher · {s}")
+    col = _colors(list(dict.fromkeys(r["model"] for r in few["rows"])))
+    for m, c in col.items():
+        rows = sorted((r for r in few["rows"] if r["model"] == m), key=lambda r: r["steps"])
+        ax.plot([r["seconds_per_image"] for r in rows], [r["front_fid"] for r in rows], "-", color=c, lw=1.2,
+                marker=MARKERS.get(rows[0]["scheduler"], "o"), ms=9, label=f"{m} · {rows[0]['scheduler']} (own)")
+        for r in rows:
+            eq = r.get("equal_fid")
+            txt = f"{r['steps']}" + (f" ({eq['speedup']:.2g}x)" if eq else "")
+            ax.annotate(txt, (r["seconds_per_image"], r["front_fid"]), fontsize=7, xytext=(4, 4), textcoords="offset points",
+                        color=c)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.get_yaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel(f"FID ↓ (n = {fr['n']})")
+    ax.set_title("students at their own steps vs the teacher's quality-vs-time front\n(label: steps, speed-up at equal FID)",
+                 fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncol=2)
     _save(fig, path)
 
 

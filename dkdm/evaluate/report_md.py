@@ -92,12 +92,54 @@ def render_markdown(report: dict) -> str:
                                                f"({ce['joules_per_image']:.4g} J/image)." if ce else "none reaches it."))
         else:
             L.append(f"Quality-vs-energy front: unavailable ({sw['energy']['reason']}).")
+    L += fewstep_lines(report.get("fewstep"))
     png = report.get("pngs", {})
     L += ["", "## Figures", ""]
     captions = {"samples": "same seeds: teacher | students", "paired": "per-seed distance to the teacher",
                 "quality_vs_steps": "FID vs sampling steps", "pareto_time": "quality vs time (Pareto front)",
-                "pareto_energy": "quality vs energy (Pareto front)", "pca": "PCA of features", "tsne": "t-SNE of features"}
+                "pareto_energy": "quality vs energy (Pareto front)",
+                "fewstep_grid": "same seeds: teacher at the main setting | students at their own steps",
+                "pareto_fewstep": "students at their own steps vs the teacher's whole front", "pca": "PCA of features", "tsne": "t-SNE of features"}
     for k, cap in captions.items():
         if k in png:
             L += [f"![{cap}]({png[k]})", ""]
     return "\n".join(L)
+
+
+def _setting(p) -> str:
+    return "n/a" if p is None else f"{p['scheduler']}-{p['steps']} (FID {p['fid']:.2f}, {1000 * p['seconds_per_image']:.2f} ms)"
+
+
+def fewstep_lines(few: dict | None) -> list[str]:
+    """Each student at its own scheduler and steps, against the teacher's main setting and its whole front."""
+    if not few:
+        return []
+    t = few["teacher"]
+    L = ["", "## Students at their own scheduler and steps", "",
+         f"Same {few['n']} seeds ({few['seeds'][0]}..{few['seeds'][1]}) as the main table; the baseline is the teacher at "
+         f"the main setting ({t['scheduler']}, {t['steps']} steps): FID {t['fid']:.2f}, {t['images_per_s']:.1f} images/s at "
+         f"batch {few['batch_size']}. {few['note']}.", "",
+         "| student | scheduler | steps | FID ↓ | FID / teacher | KID ↓ | images/s | speed-up vs teacher | ms/image |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in few["rows"]:
+        L.append(f"| {r['model']} | {r['scheduler']} | {r['steps']} | {r['fid']:.2f} | {_f(r['fid_ratio'], '.2f')}x | "
+                 f"{_f(r['kid'], '.4f')} | {r['images_per_s']:.1f} | {r['speedup']:.2f}x | {1000 * r['seconds_per_image']:.2f} |")
+    fr = few.get("front")
+    if not fr:
+        return L + ["", "Against the teacher's whole front: not measured (give sweep_schedulers and sweep_steps)."]
+    L += ["", "### Against the teacher's whole quality-vs-time front", "",
+          f"FIDs on the sweep's {fr['n']} seeds (teacher points: n = {fr['n_teacher']}, {fr['teacher_points']} settings). "
+          "'Teacher, same time': the teacher's best FID in no more time per image. 'Equal FID': the teacher's cheapest "
+          "setting reaching the student's FID, and how many times slower it is.", "",
+          "| student | setting | FID (front n) | ms/image | teacher, same time | teacher, equal FID | speed-up at equal FID |",
+          "|---|---|---:|---:|---|---|---:|"]
+    for r in few["rows"]:
+        eq, lb = r.get("equal_fid"), r.get("equal_fid_lower_bound")
+        sp = f"{eq['speedup']:.1f}x" if eq else (f"> {lb['speedup']:.1f}x (teacher never reaches it)" if lb else "n/a")
+        L.append(f"| {r['model']} | {r['scheduler']}-{r['steps']} | {r['front_fid']:.2f} | {1000 * r['seconds_per_image']:.2f} | "
+                 f"{_setting(r['teacher_same_time'])} | {_setting(eq)} | {sp} |")
+    L += ["", "Pareto front of everything (teacher settings and students at their own steps):", "",
+          "| model | setting | FID | ms/image |", "|---|---|---:|---:|"]
+    for p in fr["front"]:
+        L.append(f"| {p['model']} | {p['scheduler']}-{p['steps']} | {p['fid']:.2f} | {1000 * p['seconds_per_image']:.2f} |")
+    return L

@@ -22,8 +22,10 @@ from ..students import count_params
 from ..teacher import load_teacher
 from . import metrics, plots
 from .embeddings import embed
+from .fewstep import evaluate_own
 from .energy import open_counter
 from .features import extract, load_extractor
+from ..own_sampler import noise_config
 from .models import load_student_unet, student_name
 from .overlap import check_seed_overlap, noise_seeds, seed_rule
 from .paired import is_deterministic, paired_scores
@@ -82,13 +84,19 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     extractor = load_extractor(cfg.features, shape, cfg.inception or None, device=device)
     seeds = noise_seeds(cfg.seed_space, cfg.seed, cfg.num_samples)
 
-    models = {"teacher": teacher.unet}
+    models, paths = {"teacher": teacher.unet}, {}
     for s in cfg.students:
         name = student_name(s)
-        models[name if name not in models else s] = load_student_unet(s, device)
+        key = name if name not in models else s
+        models[key], paths[key] = load_student_unet(s, device), s
     names = list(models)
+    # a student predicting another quantity than the teacher (v for few-step students) samples the same kind, steps
+    # and spacing through its own exported config
+    configs = {n: noise_config(paths[n], teacher.scheduler_config) if n in paths else teacher.scheduler_config for n in names}
+    scheds = {n: sched if configs[n] is teacher.scheduler_config else
+              scheduler_for(cfg.sampler.scheduler, cfg.sampler.steps, spacing, configs[n])[0] for n in names}
 
-    samples = {n: _sample(n, u, sched, seeds, shape, cfg, device, progress) for n, u in models.items()}
+    samples = {n: _sample(n, u, scheds[n], seeds, shape, cfg, device, progress) for n, u in models.items()}
     feats = {n: extract(extractor, x, n, progress=progress) for n, x in samples.items()}
 
     ref_spec = cfg.reference if cfg.reference != "auto" else ("digits" if shape == (1, 16, 16) else "teacher")
@@ -108,15 +116,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     else:
         paired_cfg = cfgmod.SamplerConfig(scheduler="ddim", steps=cfg.sampler.steps, eta=0.0,
                                           timestep_spacing=cfg.sampler.timestep_spacing)
-        psched = make_scheduler(paired_cfg, teacher.scheduler_config)
-        paired_imgs = {n: _sample(f"{n} (paired, ddim)", u, psched, seeds, shape, cfg, device, progress, eta=0.0)
+        paired_imgs = {n: _sample(f"{n} (paired, ddim)", u, make_scheduler(paired_cfg, configs[n]), seeds, shape, cfg, device,
+                                  progress, eta=0.0)
                        for n, u in models.items()}
         paired_feats = {n: extract(extractor, x, f"{n} (paired)", progress=progress) for n, x in paired_imgs.items()}
 
     counter, energy_reason = open_counter(device)
     batch_sizes = list(dict.fromkeys(cfg.speed_batch_sizes or [cfg.batch_size]))
     # the headline batch size is timed with the models taking turns, so the speed-up survives load swings
-    main_times, main_joules = time_sampling({n: unet_fn(u) for n, u in models.items()}, sched, shape, batch_sizes[0],
+    main_times, main_joules = time_sampling({n: unet_fn(u) for n, u in models.items()}, scheds, shape, batch_sizes[0],
                                             cfg.speed_repeats, device=device, counter=counter)
     results = {}
     for n, unet in models.items():
@@ -128,7 +136,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             "weights_bytes": weights_bytes(unet),
             "flops_per_step": fps,
             "flops_per_image": fps * steps,
-            **speed_report(unet_fn(unet), sched, shape, batch_sizes, cfg.speed_repeats, device=device,
+            **speed_report(unet_fn(unet), scheds[n], shape, batch_sizes, cfg.speed_repeats, device=device,
                            counter=counter, energy_reason=energy_reason, main=(main_times[n], main_joules[n])),
         }
         if n != "teacher":
@@ -139,15 +147,16 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
 
     sweep = None
     if cfg.sweep_schedulers:
-        sweep_seeds = range(cfg.seed, cfg.seed + cfg.sweep_samples)
-        points = run_sweep({n: unet_fn(u) for n, u in models.items()}, teacher.scheduler_config, cfg.sweep_schedulers,
-                           cfg.sweep_steps, noise_seeds(cfg.seed_space, cfg.seed, cfg.sweep_samples), shape, cfg.batch_size, extractor, ref, counter=counter,
+        sweep_seeds = noise_seeds(cfg.seed_space, cfg.seed, cfg.sweep_samples)  # a prefix of the main seeds
+        swept = {n: unet_fn(u) for n, u in models.items() if cfg.sweep_students or n == "teacher"}
+        points = run_sweep(swept, teacher.scheduler_config, cfg.sweep_schedulers,
+                           cfg.sweep_steps, sweep_seeds, shape, cfg.batch_size, extractor, ref, counter=counter, configs=configs,
                            timestep_spacing=cfg.sampler.timestep_spacing, device=device, progress=progress)
         # Sweep FIDs use fewer samples (biased upwards): the default target comes from the sweep itself.
         target = cfg.target_fid or 1.25 * min(p["fid"] for p in points if p["model"] == "teacher")
         has_energy = all(p["joules_per_image"] is not None for p in points)
         sweep = {
-            "samples": cfg.sweep_samples, "seeds": [sweep_seeds.start, sweep_seeds.stop - 1], "batch_size": cfg.batch_size,
+            "samples": cfg.sweep_samples, "seeds": [cfg.seed, cfg.seed + cfg.sweep_samples - 1], "batch_size": cfg.batch_size,
             "points": points, "target_fid": target,
             "target_rule": "given" if cfg.target_fid else "1.25 x the teacher's best FID in the sweep",
             "pareto_time": pareto_front(points, "seconds_per_image"),
@@ -156,6 +165,10 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
             "cheapest_energy": cheapest_reaching(points, target, "joules_per_image") if has_energy else None,
             "energy": {"available": has_energy, "reason": None if has_energy else energy_reason},
         }
+
+    # few-step students: each at its own scheduler and steps, against DDIM-25 and the teacher's front (fewstep.py)
+    own, own_grid = evaluate_own(models, paths, sched, results["teacher"]["fid"], seeds, shape, cfg, extractor, ref, sweep,
+                                 device, progress) if cfg.own_samplers else (None, [])
 
     emb = None
     if cfg.embeddings:
@@ -185,6 +198,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         "feature_extractor_fingerprint": extractor.fingerprint,
         "energy": {"available": counter is not None, "counter": counter.name if counter else None, "reason": energy_reason},
         "sweep": sweep,
+        "fewstep": own,
         "embeddings": None if emb is None else {"groups": {g: emb["labels"].count(g) for g in dict.fromkeys(emb["labels"])},
                                                 "pca_explained_variance_ratio": emb["pca_explained_variance_ratio"],
                                                 "tsne_perplexity": emb["tsne_perplexity"]},
@@ -196,12 +210,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         "config": cfgmod.to_dict(dataclasses.replace(cfg)),
     }
     report["seconds"] = time.time() - t_start
-    write_report(report, samples, emb, Path(cfg.out))
+    write_report(report, samples, emb, Path(cfg.out), own_grid)
     return report
 
 
-def write_report(report: dict, samples: dict, emb: dict | None, out: Path) -> None:
+def write_report(report: dict, samples: dict, emb: dict | None, out: Path, own_grid: list = ()) -> None:
     pngs = {"samples": "samples_side_by_side.png"}
+    if own_grid:  # same seeds: the teacher at the main setting | each student at each of its own settings
+        save_png(side_by_side(list(own_grid), ncol=4, scale=4), out / "fewstep_grid.png")
+        pngs["fewstep_grid"] = "fewstep_grid.png"
     save_png(side_by_side([(n, x[:64]) for n, x in samples.items()], ncol=8, scale=4), out / pngs["samples"])
     plots.paired_hist({n: s["paired"]["pixel_rmse_per_seed"] for n, s in report["students"].items()}, out / "paired_fidelity.png")
     pngs["paired"] = "paired_fidelity.png"
@@ -215,6 +232,10 @@ def write_report(report: dict, samples: dict, emb: dict | None, out: Path) -> No
             plots.pareto(sw["points"], sw["pareto_energy"], out / "pareto_energy.png", "joules_per_image",
                          "joules per image", sw["target_fid"])
             pngs["pareto_energy"] = "pareto_energy.png"
+    if report.get("fewstep") and report["fewstep"]["front"]:
+        plots.fewstep_front([p for p in sw["points"] if p["model"] == "teacher"], report["fewstep"], out / "pareto_fewstep.png",
+                            f"seconds per image (batch {report['config']['batch_size']}, {report['machine']['device']})")
+        pngs["pareto_fewstep"] = "pareto_fewstep.png"
     if emb is not None:
         plots.embedding(emb, "pca", out / "features_pca.png", f"PCA of {report['feature_extractor']} features")
         plots.embedding(emb, "tsne", out / "features_tsne.png", f"t-SNE of {report['feature_extractor']} features")

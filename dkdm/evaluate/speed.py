@@ -44,11 +44,12 @@ def time_sampling(models: dict, sched, shape, batch_size: int, repeats: int = 5,
                   counter=None) -> tuple[dict, dict]:
     """Seconds per full sampling run of one batch for each model, `repeats` rounds after `warmup`; in each round
     the models take turns, so a load swing on a shared machine hits all of them alike. Joules per model are
-    summed over its own runs (None without a counter)."""
+    summed over its own runs (None without a counter). `sched`: one for all, or a dict with each model's own."""
     seeds = list(range(batch_size))
-    for fn in models.values():
+    own = sched if isinstance(sched, dict) else dict.fromkeys(models, sched)
+    for n, fn in models.items():
         for _ in range(warmup):
-            sample(fn, sched, seeds, shape, device=device)
+            sample(fn, own[n], seeds, shape, device=device)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     times = {n: [] for n in models}
@@ -57,7 +58,7 @@ def time_sampling(models: dict, sched, shape, batch_size: int, repeats: int = 5,
         for n, fn in models.items():
             token = counter.start() if counter else None
             with Timer(device) as tm:
-                sample(fn, sched, seeds, shape, device=device)
+                sample(fn, own[n], seeds, shape, device=device)
             times[n].append(tm.seconds)
             if counter:
                 j = counter.stop(token)

@@ -17,6 +17,7 @@ from ..cache.embeddings import read_prompts
 from ..config import EvaluateConfig
 from ..errors import DkdmError
 from ..latent import generate_images, pipeline_with, vae_info
+from ..own_sampler import own_sampling, own_scheduler
 from ..runtime import atomic_write_bytes, atomic_write_json, pick_device, positive
 from ..schedulers import stable_scheduler
 from ..teacher import load_teacher
@@ -135,19 +136,22 @@ def flops_per_image(pipe, steps: int, guidance: float) -> dict:
 
 
 def time_pipelines(pipes: dict, prompts, seeds, g, steps, repeats: int, device) -> dict:
-    """Per-image seconds, U-Net part and end to end, the models taking turns in each round (fair under load)."""
+    """Per-image seconds, U-Net part and end to end, the models taking turns in each round (fair under load).
+    `g`, `steps`: one value for all, or a dict with each model's own (few-step students)."""
+    g_of = g if isinstance(g, dict) else dict.fromkeys(pipes, g)
+    steps_of = steps if isinstance(steps, dict) else dict.fromkeys(pipes, steps)
     clocks = {k: UNetClock(p.unet) for k, p in pipes.items()}
     counter, why = energymod.open_counter(device)
     rows = {k: {"e2e": [], "unet": [], "joules": 0.0} for k in pipes}
     try:
         for k, p in pipes.items():  # warm-up
-            generate_images(p, prompts, seeds, g, steps)
+            generate_images(p, prompts, seeds, g_of[k], steps_of[k])
         for _ in range(repeats):
             for k, p in pipes.items():
                 clocks[k].seconds = 0.0
                 token = counter.start() if counter else None
                 t0 = time.perf_counter()
-                generate_images(p, prompts, seeds, g, steps)
+                generate_images(p, prompts, seeds, g_of[k], steps_of[k])
                 if torch.device(device).type == "cuda":
                     torch.cuda.synchronize(device)
                 rows[k]["e2e"].append((time.perf_counter() - t0) / len(seeds))
@@ -186,35 +190,46 @@ def evaluate_t2i(cfg: EvaluateConfig, prompts_file: str, guidance_scale: float, 
     out = Path(cfg.out)
     steps = cfg.sampler.steps
     pipes = {"teacher": pipeline_with(teacher.unet, teacher, stable_scheduler(cfg.sampler, teacher.scheduler_config)[0])}
+    # each model's (guidance, steps, scheduler): the main ones, or a few-step student's own from its card
+    own = {"teacher": (guidance_scale, steps, cfg.sampler.scheduler)}
     for s in cfg.students:
         pipe = load_student_pipeline(s, teacher, device)
-        pipe.scheduler = stable_scheduler(cfg.sampler, teacher.scheduler_config)[0]  # same sampler for every model
+        card = own_sampling(s) if cfg.own_samplers else None
+        if card is not None and card["objective"] != "eps":  # its exported scheduler, at the steps it was made for
+            pipe.scheduler = own_scheduler(s, card["steps"])
+            g = card["guidance_scale"] if card["guidance_scale"] is not None else guidance_scale
+            own[student_name(s)] = (g, card["steps"], card["scheduler"])
+        else:
+            pipe.scheduler = stable_scheduler(cfg.sampler, teacher.scheduler_config)[0]  # same sampler for every model
+            own[student_name(s)] = own["teacher"]
         pipes[student_name(s)] = pipe
     n = cfg.num_samples
     ps = [prompts[i % len(prompts)] for i in range(n)]
     seeds = [cfg.seed + i for i in range(n)]
     labels = [digit_named(p) for p in ps]
     bar = tqdm(total=n * len(pipes), desc="evaluate-t2i", disable=not progress, unit="img")
-    images = {k: _images(p, ps, seeds, guidance_scale, steps, cfg.batch_size, bar) for k, p in pipes.items()}
+    images = {k: _images(p, ps, seeds, own[k][0], own[k][1], cfg.batch_size, bar) for k, p in pipes.items()}
     bar.close()
     shape = tuple(images["teacher"].shape[1:])
     fid_of = _fid_fn(cfg, shape, device, progress)
     models = {}
     for k, imgs in images.items():
         m = {"adherence": adherence(imgs, labels), **fid_of(imgs), "params_unet": sum(p.numel() for p in pipes[k].unet.parameters()),
-             "flops_per_image": flops_per_image(pipes[k], steps, guidance_scale)}
+             "flops_per_image": flops_per_image(pipes[k], own[k][1], own[k][0]),
+             "sampler": {"scheduler": own[k][2], "steps": own[k][1], "guidance_scale": own[k][0]}}
         if clip:
             m["clip_score"] = clip_score(imgs, ps, clip)
         models[k] = m
     speed_n = min(cfg.batch_size, n)
-    speed = time_pipelines(pipes, ps[:speed_n], seeds[:speed_n], guidance_scale, steps, cfg.speed_repeats, device)
+    speed = time_pipelines(pipes, ps[:speed_n], seeds[:speed_n], {k: v[0] for k, v in own.items()},
+                           {k: v[1] for k, v in own.items()}, cfg.speed_repeats, device)
     for k in models:
         models[k]["speed"] = speed[k]
     sweep = []
     for g in sweep_guidance or []:
         k_n = sweep_samples or min(n, 256)
         for k, p in pipes.items():
-            imgs = _images(p, ps[:k_n], seeds[:k_n], g, steps, cfg.batch_size)
+            imgs = _images(p, ps[:k_n], seeds[:k_n], g, own[k][1], cfg.batch_size)
             sweep.append({"model": k, "guidance_scale": g, "samples": k_n, "adherence": adherence(imgs, labels[:k_n]),
                           **fid_of(imgs)})
     report = {"teacher": teacher.source, "vae": vae_info(teacher.vae), "prompts": {"file": prompts_file, "count": len(prompts),
@@ -272,6 +287,9 @@ def render(r: dict) -> str:
     for k, m in r["models"].items():
         a = m["adherence"]["accuracy"] * 100 if m["adherence"] else None
         s = m["speed"]
+        own = m.get("sampler", {})
+        if own and (own["steps"], own["scheduler"]) != (r["sampler"]["steps"], r["sampler"]["scheduler"]):
+            k = f"{k} ({own['scheduler']}-{own['steps']}, guidance {own['guidance_scale']:g})"  # its own sampler
         lines.append(f"| {k} | {m['params_unet'] / 1e6:.2f} M | {f(a, '.1f')}% | {f(m['fid'])} | {f(m['kid'], '.4f')} | "
                      f"{s['unet_s_per_image'] * 1e3:.2f} ms | {s['e2e_s_per_image'] * 1e3:.2f} ms | {s['speedup_unet']:.2f}x | "
                      f"{s['speedup_e2e']:.2f}x | {m['flops_per_image']['total'] / 1e9:.3f} |")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DkdmError
+from ..own_sampler import own_sampling
 from ..evaluate.sweep import scheduler_for
 from ..sampling import sample, unet_fn
 from ..schedulers import KINDS
@@ -23,6 +24,16 @@ class Served:
     teacher: Teacher  # the loaded pipeline parts: unet, scheduler config, text encoder + tokenizer when conditional
     vae: torch.nn.Module | None = None  # latent pipelines: images are the VAE's decode of the sampled latents
     sched_cache: dict = field(default_factory=dict)
+    # a request without scheduler/steps gets the model's own: a student's card (few-step: lcm at 2...), else DDIM-25
+    sampling: dict = field(default_factory=lambda: {"scheduler": "ddim", "steps": 25, "steps_supported": None,
+                                                    "objective": None, "guidance_scale": None})
+
+    def scheduler(self, kind: str, steps: int, spacing: str = "trailing"):
+        """The scheduler for one setting, built once (~1 ms) and reused: a server sees the same few settings."""
+        key = (kind, steps, spacing)
+        if key not in self.sched_cache:
+            self.sched_cache[key] = scheduler_for(kind, steps, spacing, self.teacher.scheduler_config)[0]
+        return self.sched_cache[key]
 
     @property
     def conditional(self) -> bool:
@@ -41,7 +52,10 @@ class Served:
         return {"name": self.name, "source": self.source, "class": type(u).__name__, "conditional": self.conditional,
                 "latent": self.vae is not None, "image_shape": list(self.image_shape),
                 "params": sum(p.numel() for p in u.parameters()), "dtype": str(next(u.parameters()).dtype).split(".")[-1],
-                "device": str(self.teacher.device), "schedulers": sorted(KINDS)}
+                "device": str(self.teacher.device), "schedulers": sorted(KINDS),
+                "default": {"scheduler": self.sampling["scheduler"], "steps": self.sampling["steps"],
+                            "guidance": self.sampling["guidance_scale"]},
+                "steps_supported": self.sampling["steps_supported"], "objective": self.sampling["objective"]}
 
 
 def _folder(source: str) -> str:
@@ -79,7 +93,11 @@ def load_served(spec: str, device: torch.device, dtype: str = "fp32", compile: b
         vae = load_vae(folder).to(device, DTYPES[dtype]).eval().requires_grad_(False)
     if compile:
         t.unet = torch.compile(t.unet)
-    return Served(name=name or _default_name(source), source=source, teacher=t, vae=vae)
+    m = Served(name=name or _default_name(source), source=source, teacher=t, vae=vae)
+    own = own_sampling(folder)
+    if own is not None:
+        m.sampling = own
+    return m
 
 
 def _model_fn(m: Served, prompts: list[str] | None, guidance: float, device):
@@ -105,10 +123,7 @@ def generate(m: Served, seeds: list[int], steps: int, scheduler: str, eta: float
              prompts: list[str] | None = None, spacing: str = "trailing") -> torch.Tensor:
     """Images in [-1, 1], (N, C, H, W) on the CPU: `dkdm evaluate`'s sampler, one generator per seed."""
     device = m.teacher.device
-    key = (scheduler, steps, spacing)
-    if key not in m.sched_cache:  # building a scheduler costs ~1 ms; a server sees the same few settings again and again
-        m.sched_cache[key] = scheduler_for(scheduler, steps, spacing, m.teacher.scheduler_config)[0]
-    sched = m.sched_cache[key]
+    sched = m.scheduler(scheduler, steps, spacing)
     x = sample(_model_fn(m, prompts, guidance, device), sched, seeds, m.teacher.sample_shape, eta=eta, device=device,
                clamp=m.vae is None)
     if m.vae is not None:

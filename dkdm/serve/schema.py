@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..errors import DkdmError
 from ..schedulers import KINDS
 
 
@@ -101,7 +102,7 @@ def parse(raw: bytes, models: dict, limits: Limits) -> tuple[GenerateRequest, st
             raise BadRequest(422, "prompt", f"prompt has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
     elif prompt not in (None, ""):
         raise BadRequest(422, "prompt", f"model {name} is unconditional; it takes no prompt")
-    scheduler = body.get("scheduler", "ddim")
+    scheduler = body.get("scheduler", m.sampling["scheduler"])  # the model's own (a few-step student's card)
     if scheduler not in KINDS:
         raise BadRequest(422, "scheduler", f"scheduler must be one of {sorted(KINDS)}, got {json.dumps(scheduler)}")
     fmt = body.get("format", "json")
@@ -110,12 +111,17 @@ def parse(raw: bytes, models: dict, limits: Limits) -> tuple[GenerateRequest, st
     n = _int(body, "n", 1, 1, limits.max_images)
     if fmt == "png" and n != 1:
         raise BadRequest(422, "format", "format 'png' returns one image: use n = 1 or format 'json'")
-    guidance = _float(body, "guidance", 3.0 if m.conditional else 1.0, 1.0, 30.0)
+    own_g = m.sampling.get("guidance_scale")
+    guidance = _float(body, "guidance", own_g if own_g is not None else 3.0 if m.conditional else 1.0, 1.0, 30.0)
     if guidance != 1.0 and not m.conditional:
         raise BadRequest(422, "guidance", f"model {name} is unconditional: guidance must be 1")
     req = GenerateRequest(
         model=name, seed=_int(body, "seed", 0, 0, 2**32 - 1 - n), n=n,
-        steps=_int(body, "steps", min(25, limits.max_steps), 1, limits.max_steps), scheduler=scheduler,
+        steps=_int(body, "steps", min(m.sampling["steps"], limits.max_steps), 1, limits.max_steps), scheduler=scheduler,
         eta=_float(body, "eta", 0.0, 0.0, 1.0), guidance=guidance,
         prompt=prompt if m.conditional else None)
+    try:  # e.g. an LCM scheduler made for a 4-step walk cannot sample 8 steps: the client's error, not a 500
+        m.scheduler(req.scheduler, req.steps)
+    except DkdmError as exc:
+        raise BadRequest(422, "steps", str(exc)) from None
     return req, fmt

@@ -1,0 +1,96 @@
+"""Each student at its own scheduler and steps (its card: 1/2/4/8 for a consistency student), against the teacher at
+the main setting (DDIM-25, same seeds) and against the teacher's whole quality-vs-time front (the sweep)."""
+
+from __future__ import annotations
+
+import statistics
+
+from ..own_sampler import own_sampling, own_scheduler
+from ..progress import progress_bar
+from ..sampling import sample, unet_fn
+from ..schedulers import kind_of
+from .speed import time_sampling
+from .sweep import cheapest_reaching, measure, pareto_front
+
+UNIT_NOTE = ("FID on the main seeds (n as the main table) and, for the front, on the sweep's seeds (a prefix of "
+             "them, n as the sweep); seconds/image: median over batches of the sampling time, as in the sweep; "
+             "images/s and speed-up: the teacher's main setting and every student setting taking turns in each round")
+
+
+def own_settings(students: dict) -> dict:
+    """{name: [(kind, steps), ...]} for students whose card names its own sampling; others keep the main sampler."""
+    out = {}
+    for name, path in students.items():
+        s = own_sampling(path)
+        if s is not None:
+            out[name] = [(s["scheduler"], n) for n in s["steps_supported"]]
+    return out
+
+
+GRID_SEEDS = 16  # images per panel of fewstep_grid.png
+
+
+def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seeds, shape, cfg, extractor, ref,
+                 sweep: dict | None, device, progress: bool = True) -> tuple[dict | None, list]:
+    """The report's `fewstep` section (None when no student card names its own sampling), and the grid's panels:
+    (label, images) for the first GRID_SEEDS seeds, the teacher at the main setting first."""
+    settings = own_settings({n: p for n, p in paths.items() if n != "teacher"})
+    if not settings:
+        return None, []
+    seeds = list(seeds)
+    bar = progress_bar(len(seeds) * sum(map(len, settings.values())), "own samplers", disable=not progress, unit="img")
+    rows, scheds = [], {}
+    front_n = min(sweep["samples"], len(seeds)) if sweep else 0
+    for name, todo in settings.items():
+        for kind, steps in todo:
+            sched = own_scheduler(paths[name], steps, kind)
+            label = f"{name} · {kind}-{steps}"
+            scheds[label] = sched
+            point, feats = measure(unet_fn(models[name]), sched, seeds, shape, cfg.batch_size, extractor, ref,
+                                   device=device, bar=bar, label=(name, f"{kind}-{steps}"))
+            row = {"model": name, "label": label, "scheduler": kind, "steps": steps, **point,
+                   "fid_ratio": point["fid"] / teacher_fid if teacher_fid else None}
+            if sweep:  # the same samples scored on the sweep's seeds: comparable with the teacher's front
+                row["front_fid"] = ref.fid(feats[:front_n]) if front_n < len(seeds) else point["fid"]
+            rows.append(row)
+    bar.close()
+    k = min(GRID_SEEDS, len(seeds))
+    panels = [(f"teacher {kind_of(main_sched)}-{len(main_sched.timesteps)}", sample(unet_fn(models["teacher"]), main_sched,
+                                                                                   seeds[:k], shape, device=device).cpu())]
+    panels += [(f"{r['model']} {r['scheduler']}-{r['steps']}", sample(unet_fn(models[r["model"]]), scheds[r["label"]],
+                                                                       seeds[:k], shape, device=device).cpu()) for r in rows]
+    bs = (cfg.speed_batch_sizes or [cfg.batch_size])[0]
+    fns = {"teacher": unet_fn(models["teacher"])} | {r["label"]: unet_fn(models[r["model"]]) for r in rows}
+    times, _ = time_sampling(fns, {"teacher": main_sched} | scheds, shape, bs, cfg.speed_repeats, device=device)
+    for r in rows:
+        r["images_per_s"] = bs / statistics.median(times[r["label"]])
+        r["speedup_per_round"] = [a / b for a, b in zip(times["teacher"], times[r["label"]])]
+        r["speedup"] = statistics.median(r["speedup_per_round"])
+    out = {"rows": rows, "batch_size": bs, "n": len(seeds), "seeds": [seeds[0], seeds[-1]], "note": UNIT_NOTE,
+           "teacher": {"scheduler": kind_of(main_sched), "steps": len(main_sched.timesteps), "fid": teacher_fid,
+                       "images_per_s": bs / statistics.median(times["teacher"])}, "front": None}
+    if sweep:
+        out["front"] = against_front([p for p in sweep["points"] if p["model"] == "teacher"], rows, front_n)
+    return out, panels
+
+
+def against_front(teacher_pts: list[dict], rows: list[dict], n: int) -> dict:
+    """Per student setting: the teacher's best FID in no more time, and the teacher's cheapest setting reaching the
+    student's FID (speed-up at equal FID); plus the Pareto front of the teacher alone and of everything together."""
+    pts = [{"model": r["model"], "scheduler": r["scheduler"], "steps": r["steps"], "fid": r["front_fid"],
+            "seconds_per_image": r["seconds_per_image"], "own": True} for r in rows]
+    for r in rows:
+        faster = [p for p in teacher_pts if p["seconds_per_image"] <= r["seconds_per_image"]]
+        best = min(faster, key=lambda p: p["fid"]) if faster else None
+        r["teacher_same_time"] = _brief(best)
+        eq = cheapest_reaching(teacher_pts, r["front_fid"])
+        r["equal_fid"] = ({**_brief(eq), "speedup": eq["seconds_per_image"] / r["seconds_per_image"]} if eq else None)
+        if eq is None and teacher_pts:  # the teacher never gets there: its best FID's time bounds the speed-up below
+            top = min(teacher_pts, key=lambda p: p["fid"])
+            r["equal_fid_lower_bound"] = {**_brief(top), "speedup": top["seconds_per_image"] / r["seconds_per_image"]}
+    return {"n": n, "n_teacher": teacher_pts[0]["n"] if teacher_pts else None, "teacher_points": len(teacher_pts), "teacher_front": pareto_front(teacher_pts),
+            "front": pareto_front(teacher_pts + pts), "student_points": pts}
+
+
+def _brief(p: dict | None) -> dict | None:
+    return None if p is None else {k: p[k] for k in ("scheduler", "steps", "fid", "seconds_per_image")}
