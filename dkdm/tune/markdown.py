@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .report import label
+from .space import label
 
 
 def _cost(v, unit):

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import TuneConfig
 from ..runtime import atomic_write_bytes, atomic_write_json
 from .bias import tv_interval, uniform_floor
-from .space import apply_template
+from .space import apply_template, label
 
 SIGN = {"fid": 1, "adherence": -1, "cost": 1, "bias": 1}  # lower is better after the sign
 # how much each objective counts when one setting is picked from the Pareto set (min-max normalised objectives)
@@ -109,15 +109,6 @@ def _brief(r: dict) -> dict:
     return {"trial": r["number"], "setting": r["setting"], "objectives": r["objectives"]}
 
 
-def label(s: dict) -> str:
-    parts = [s["model"], f"{s['scheduler']}-{s['steps']}"]
-    if s.get("eta") is not None:
-        parts.append(f"eta={s['eta']:g}")
-    if s.get("guidance") is not None:
-        parts.append(f"g={s['guidance']:g}")
-    if s.get("template") is not None:
-        parts.append(f"tpl={s['template']!r}")
-    return " ".join(parts)
 
 
 def trial_line(frozen, done: int, total: int, cost_unit: str) -> str:

@@ -120,3 +120,15 @@ def default_params(cfg: TuneConfig, models: list[str], conditional: bool, model:
             p["guidance"] = cfg.default_guidance
         p["template"] = cfg.prompt_templates[0]
     return p
+
+
+def label(s: dict) -> str:
+    """A setting (a trial's params or a report row) in one short line."""
+    parts = [s["model"], f"{s['scheduler']}-{s['steps']}"]
+    if s.get("eta") is not None:
+        parts.append(f"eta={s['eta']:g}")
+    if s.get("guidance") is not None:
+        parts.append(f"g={s['guidance']:g}")
+    if s.get("template") is not None:
+        parts.append(f"tpl={s['template']!r}")
+    return " ".join(parts)
