@@ -11,7 +11,7 @@ import torch
 from ..errors import BadShardError, DkdmError
 from . import records as rec
 from . import wds_backend, zarr_backend
-from .layout import data_present  # noqa: F401  (re-exported: inspect and generate call it here)
+from .layout import SHARD_DIR, data_present  # noqa: F401  (data_present re-exported: inspect and generate call it here)
 from .manifest import read_manifest
 from .store import Store
 from .validate import RecordSpec
