@@ -13,6 +13,7 @@ from .. import config as cfgmod
 from ..config import EvaluateConfig
 from ..errors import DkdmError
 from ..imaging import save_png, side_by_side
+from ..own_sampler import noise_config
 from ..progress import progress_bar
 from ..runtime import atomic_write_bytes, atomic_write_json, pick_device, positive
 from ..sampling import sample_many, unet_fn
@@ -21,10 +22,9 @@ from ..students import count_params
 from ..teacher import load_teacher
 from . import metrics, plots
 from .embeddings import embed
-from .fewstep import evaluate_own
 from .energy import open_counter
+from .fewstep import evaluate_own
 from .features import extract, load_extractor
-from ..own_sampler import noise_config
 from .models import load_student_unet, student_name
 from .paired import is_deterministic, paired_scores
 from .reference import real_reference, teacher_reference
