@@ -101,9 +101,12 @@ def test_cli_sweeps_the_teacher_only_and_prints_the_own_settings(report, tiny_te
     root = out.parent
     res = run_cli("evaluate", "--student", root / "lcm", "--teacher", tiny_teacher, "--out", root / "cli",
                   "--num-samples", 8, "--batch-size", 8, "--steps", 2, "--device", "cpu", "--cache-root", root / "cache",
-                  "--sweep-schedulers", "ddim", "--sweep-steps", "1", "--sweep-samples", 8, "--sweep-teacher-only", "--quiet")
+                  "--sweep-schedulers", "ddim", "--sweep-steps", "1", "--sweep-samples", 12, "--sweep-teacher-only", "--quiet")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "students at their own scheduler and steps" in res.stdout and "lcm lcm-4: FID" in res.stdout
     rep = json.loads((root / "cli" / "report.json").read_text())
     assert {p["model"] for p in rep["sweep"]["points"]} == {"teacher"}
     assert rep["config"]["sweep_students"] is False and rep["config"]["own_samplers"] is True
+    # 12 sweep seeds are not a prefix of the 8 main ones: the students are sampled again on the sweep's seeds
+    assert rep["fewstep"]["front"]["n"] == rep["fewstep"]["front"]["n_teacher"] == 12
+    assert all(r["front_fid"] != r["fid"] for r in rep["fewstep"]["rows"])

@@ -40,7 +40,10 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
     seeds = list(seeds)
     bar = progress_bar(len(seeds) * sum(map(len, settings.values())), "own samplers", disable=not progress, unit="img")
     rows, scheds = [], {}
-    front_n = min(sweep["samples"], len(seeds)) if sweep else 0
+    # the front compares FIDs on the sweep's seeds: a prefix of the main seeds reuses the same images
+    front_seeds = list(range(sweep["seeds"][0], sweep["seeds"][1] + 1)) if sweep else []
+    prefix = front_seeds == seeds[:len(front_seeds)]
+    front_n = len(front_seeds)
     for name, todo in settings.items():
         for kind, steps in todo:
             sched = own_scheduler(paths[name], steps, kind)
@@ -50,8 +53,11 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
                                    device=device, bar=bar, label=(name, f"{kind}-{steps}"))
             row = {"model": name, "label": label, "scheduler": kind, "steps": steps, **point,
                    "fid_ratio": point["fid"] / teacher_fid if teacher_fid else None}
-            if sweep:  # the same samples scored on the sweep's seeds: comparable with the teacher's front
+            if sweep and prefix:  # the same samples scored on the sweep's seeds: comparable with the teacher's front
                 row["front_fid"] = ref.fid(feats[:front_n]) if front_n < len(seeds) else point["fid"]
+            elif sweep:
+                row["front_fid"] = measure(unet_fn(models[name]), sched, front_seeds, shape, cfg.batch_size, extractor, ref,
+                                           device=device)[0]["fid"]
             rows.append(row)
     bar.close()
     k = min(GRID_SEEDS, len(seeds))

@@ -14,6 +14,7 @@ from .. import config as cfgmod
 from ..config import EvaluateConfig
 from ..errors import DkdmError
 from ..imaging import save_png, side_by_side
+from ..own_sampler import noise_config
 from ..progress import progress_bar
 from ..runtime import atomic_write_bytes, atomic_write_json, check_world, pick_device, positive
 from ..sampling import sample_many, unet_fn
@@ -22,10 +23,9 @@ from ..students import count_params
 from ..teacher import load_teacher
 from . import metrics, plots
 from .embeddings import embed
-from .fewstep import evaluate_own
 from .energy import open_counter
+from .fewstep import evaluate_own
 from .features import extract, load_extractor
-from ..own_sampler import noise_config
 from .models import load_student_unet, student_name
 from .overlap import check_seed_overlap, noise_seeds, seed_rule
 from .paired import is_deterministic, paired_scores

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from ..errors import DkdmError
-from ..own_sampler import own_sampling
 from ..evaluate.sweep import scheduler_for
+from ..own_sampler import own_sampling
 from ..sampling import sample, unet_fn
 from ..schedulers import KINDS
 from ..teacher import Teacher, load_teacher, resolve_source
