@@ -10,6 +10,7 @@ from ..progress import progress_bar
 from ..sampling import sample, unet_fn
 from ..schedulers import kind_of
 from .speed import time_sampling
+from .overlap import noise_seeds
 from .sweep import cheapest_reaching, measure, pareto_front
 
 UNIT_NOTE = ("FID on the main seeds (n as the main table) and, for the front, on the sweep's seeds (a prefix of "
@@ -41,7 +42,8 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
     bar = progress_bar(len(seeds) * sum(map(len, settings.values())), "own samplers", disable=not progress, unit="img")
     rows, scheds = [], {}
     # the front compares FIDs on the sweep's seeds: a prefix of the main seeds reuses the same images
-    front_seeds = list(range(sweep["seeds"][0], sweep["seeds"][1] + 1)) if sweep else []
+    # (sweep["seeds"] are sample indices; their noise seeds follow cfg.seed_space like the main ones)
+    front_seeds = noise_seeds(cfg.seed_space, sweep["seeds"][0], sweep["samples"]) if sweep else []
     prefix = front_seeds == seeds[:len(front_seeds)]
     front_n = len(front_seeds)
     for name, todo in settings.items():
