@@ -1,3 +1,3 @@
 """dkdm: data-free knowledge distillation of diffusion models."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
