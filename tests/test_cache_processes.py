@@ -27,6 +27,16 @@ from conftest import gen_cfg, run_cli
 GEN = ["--trajectories", "12", "--shard-size", "4", "--batch-size", "4", "--steps", "5", "--coverage", "grid", "--device", "cpu", "--quiet"]
 
 
+def launch_generate(teacher, out, args, env):
+    """`dkdm generate` under `accelerate launch` with two processes on this host (STACK-NOTES: --multi_gpu on CPU)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "dkdm.cli", "generate", "--teacher", str(teacher), "--out", str(out), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
 def shard_hashes(cache):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((cache / "shards").glob("traj-*.tar"))}
 
@@ -42,11 +52,7 @@ def test_two_processes_fill_one_cache(tiny_teacher, tmp_path):
         torch.set_num_threads(threads)
     out = tmp_path / "c"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "dkdm.cli", "generate", "--teacher", str(tiny_teacher), "--out", str(out), *GEN]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = launch_generate(tiny_teacher, out, GEN, env)
     # rank 0 owns shards 0 and 2, rank 1 owns shard 1: rank 0 reports its own two
     assert "wrote 2 shards" in res.stdout and "60 records in total" in res.stdout
     m = read_manifest(Store(out))
@@ -95,11 +101,7 @@ def test_two_writers_with_the_default_device(tiny_teacher, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     gen = [a for a in GEN if a not in ("--device", "cpu")]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "dkdm.cli", "generate", "--teacher", str(tiny_teacher), "--out", str(out), *gen]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = launch_generate(tiny_teacher, out, gen, env)
     assert "wrote 2 shards" in res.stdout and "60 records in total" in res.stdout
     sidecars = [json.loads((out / "shards" / f"traj-00000{g}.json").read_text()) for g in range(3)]
     assert [s["made_on"]["rank"] for s in sidecars] == [0, 1, 0] and {s["made_on"]["world"] for s in sidecars} == {2}
