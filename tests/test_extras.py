@@ -35,7 +35,13 @@ def test_bench_serve_without_httpx(monkeypatch, tmp_path):
 
 
 def test_s3_cache_without_s3fs(monkeypatch):
+    import fsspec  # noqa: F401  (loads fsspec.registry)
+
+    registry = sys.modules["fsspec.registry"]._registry  # fsspec.registry itself is a read-only view of it
     monkeypatch.setitem(sys.modules, "s3fs", None)
+    # an earlier test (moto S3) leaves fsspec's class for s3 imported: forget it so the import really happens
+    for protocol in ("s3", "s3a"):
+        monkeypatch.delitem(registry, protocol, raising=False)
     with pytest.raises(DkdmError, match=r"needs the \[s3\] extra \(s3fs is not installed\): pip install 'dkdm\[s3\]'"):
         Store("s3://bucket/cache")
 
