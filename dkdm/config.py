@@ -136,6 +136,7 @@ class DistillConfig:
     fewstep_steps: int = 4  # the step count a trajectory student serves / a consistency student's default
     target_ema: float = 0.95  # consistency: EMA decay of the target network (LCM's 0.95)
     endpoint_weight: float = 0.0  # consistency: weight of the direct term ||f(x_i,t_i) - x0||² (0 = pure CD)
+    pair_starts: str = "all"  # trajectory: all (a jump from every cached state) | grid (only from the states its sampler visits)
 
 
 @dataclass

@@ -68,11 +68,11 @@ def find(states: dict, x: torch.Tensor):
     return hits[0]
 
 
-@pytest.mark.parametrize("jump", [1, 3])
-def test_pairs_come_from_one_trajectory_in_order(walk_cache, tiny_teacher, jump):
+@pytest.mark.parametrize("jump, stride", [(1, 1), (3, 1), (3, 3)])
+def test_pairs_come_from_one_trajectory_in_order(walk_cache, tiny_teacher, jump, stride):
     reader = CacheReader(str(walk_cache))
     states = all_states(reader)
-    stream = PairStream(reader, 8, cache_sched(reader), jump, shuffle_buffer=16, seed=3, epochs=1)
+    stream = PairStream(reader, 8, cache_sched(reader), jump, stride, shuffle_buffer=16, seed=3, epochs=1)
     teacher = load_unet(diffusers.UNet2DModel, tiny_teacher, "unet")
     sched = cache_sched(reader)
     seen, ends = set(), {}
@@ -88,8 +88,9 @@ def test_pairs_come_from_one_trajectory_in_order(walk_cache, tiny_teacher, jump)
                 assert find(states, x_j[r]) == (traj, step + jump)  # same trajectory, `jump` states later
                 assert int(t_j[r]) == states[(traj, step + jump)][1] < int(t_i[r])
             seen.add((traj, step))
-    # every start of every trajectory came exactly once in the epoch, and the batches mixed trajectories
-    assert seen == {(j, s) for j in range(12) for s in range(STEPS + 1 - jump)}
+    # every start of every trajectory came exactly once in the epoch (stride: only the sampler's grid, 0 and 3 of
+    # a 6-step walk for a 2-step student), and the batches mixed trajectories
+    assert seen == {(j, s) for j in range(12) for s in range(0, STEPS + 1 - jump, stride)}
     # the derived endpoint is the teacher's own DDIM sample of that seed (up to the float16 records)
     for traj in (0, 7):
         full = sample(unet_fn(teacher), sched, [trajectory_seed(0, traj)], (1, 16, 16), guided_ddim=True, clamp=False)
@@ -196,7 +197,8 @@ def test_short_fewstep_distill_exports_its_scheduler(wds_walk, tiny_teacher, tmp
 
     walk_cache = wds_walk
     cfg = distill_cfg(tiny_teacher, walk_cache, tmp_path / objective, objective=objective, fewstep_steps=steps,
-                      student_init="teacher", endpoint_weight=0.5)
+                      student_init="teacher", endpoint_weight=0.5,
+                      pair_starts="grid" if objective == "trajectory" else "all")
     res = distill(cfg, progress=False)
     assert math.isfinite(res["final_loss"])
     card = json.loads((tmp_path / objective / "student" / "dkdm_student.json").read_text())
@@ -225,6 +227,9 @@ def test_teacher_init_copies_and_fewstep_settings_are_checked(wds_walk, tiny_tea
     cfg = distill_cfg(tiny_teacher, walk_cache, tmp_path / "a", objective="trajectory", fewstep_steps=4)
     with pytest.raises(DkdmError, match="not on the cache's 6-step walk"):
         distill(cfg, progress=False)
+    with pytest.raises(DkdmError, match="use it with --objective trajectory"):
+        distill(distill_cfg(tiny_teacher, walk_cache, tmp_path / "g", objective="consistency", pair_starts="grid"),
+                progress=False)
     with pytest.raises(DkdmError, match="composes with --objective eps only"):
         distill(distill_cfg(tiny_teacher, walk_cache, tmp_path / "b", objective="consistency", feature_kd=1.0), progress=False)
     with pytest.raises(DkdmError, match="teacher's architecture"):

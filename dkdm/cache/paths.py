@@ -114,14 +114,14 @@ def assemble(blocks: list[rec.RecordBatch], dtype: str, sched, last_step: int, w
                  cond=torch.as_tensor(b.cond[order]), start=torch.as_tensor(bounds), x0=x0)
 
 
-def pair_index(p: Paths, jump: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_index(p: Paths, jump: int, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(row of x_i, row of x_j or -1 for the endpoint, trajectory k) for every pair j = i + jump along a
-    trajectory, the endpoint counting as the state after the last."""
+    trajectory, the endpoint counting as the state after the last; starts i = 0, stride, 2·stride, ..."""
     rows_i, rows_j, ks = [], [], []
     for k in range(p.num_trajectories):
         a, b = int(p.start[k]), int(p.start[k + 1])
         n = b - a  # states 0..n-1, endpoint = n
-        i = torch.arange(0, n + 1 - jump)
+        i = torch.arange(0, n + 1 - jump, stride)
         j = i + jump
         rows_i.append(a + i)
         rows_j.append(torch.where(j == n, torch.full_like(j, -1), a + j))
@@ -129,9 +129,9 @@ def pair_index(p: Paths, jump: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return torch.cat(rows_i), torch.cat(rows_j), torch.cat(ks)
 
 
-def pairs(p: Paths, jump: int) -> tuple[torch.Tensor, ...]:
+def pairs(p: Paths, jump: int, stride: int = 1) -> tuple[torch.Tensor, ...]:
     """The pair block (x_i, t_i, x_j, t_j, end_j, x0, cond): an endpoint target has x_j = x0, t_j = 0, end_j = 1."""
-    ri, rj, k = pair_index(p, jump)
+    ri, rj, k = pair_index(p, jump, stride)
     end = rj < 0
     rjc = rj.clamp(min=0)
     x_j = torch.where(end.view(-1, 1, 1, 1), p.x0[k], p.x[rjc])
@@ -144,15 +144,15 @@ class PairStream(CacheStream):
     per-rank/worker split, prefetch, bad-shard handling and seeded buffer; deterministic, so a resumed run
     fast-forwards by the number of batches consumed exactly as the record stream does."""
 
-    def __init__(self, reader: CacheReader, batch_size: int, sched, jump: int, **kw):
+    def __init__(self, reader: CacheReader, batch_size: int, sched, jump: int, stride: int = 1, **kw):
         super().__init__(reader, batch_size, **kw)
-        if jump < 1:
-            raise DkdmError(f"a pair jump must be >= 1 state, got {jump}")
+        if jump < 1 or stride < 1:
+            raise DkdmError(f"a pair jump and stride must be >= 1 state, got {jump} and {stride}")
         check_walkable(reader.manifest, reader.store.url)
         steps = int(reader.manifest["sampler"]["steps"])
         if jump > steps:
             raise DkdmError(f"a jump of {jump} states is longer than the cache's {steps}-step walk")
-        self.sched, self.jump, self.last_step = sched, jump, steps - 1
+        self.sched, self.jump, self.stride, self.last_step = sched, jump, stride, steps - 1
         self.uncond_row = paired_rows(reader.manifest, reader.store)
         self.guidance = float(reader.manifest["sampler"].get("guidance_scale", 1.0))
 
@@ -163,7 +163,7 @@ class PairStream(CacheStream):
             return
         p = assemble(blocks, self.reader.dtype, self.sched, self.last_step, f"{self.reader.store.url}/{shard['file']}",
                      self.uncond_row, self.guidance)
-        yield pairs(p, self.jump)
+        yield pairs(p, self.jump, self.stride)
 
     def __iter__(self):
         from torch.utils.data import get_worker_info
@@ -176,8 +176,8 @@ class PairStream(CacheStream):
         yield from buf.batches(self._blocks(worker, workers))
 
 
-def pair_loader(reader: CacheReader, batch_size: int, sched, jump: int, num_workers: int = 0, **kw):
+def pair_loader(reader: CacheReader, batch_size: int, sched, jump: int, num_workers: int = 0, stride: int = 1, **kw):
     from torch.utils.data import DataLoader
 
-    return DataLoader(PairStream(reader, batch_size, sched, jump, **kw), batch_size=None, num_workers=num_workers,
+    return DataLoader(PairStream(reader, batch_size, sched, jump, stride, **kw), batch_size=None, num_workers=num_workers,
                       persistent_workers=num_workers > 0)

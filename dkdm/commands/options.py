@@ -186,6 +186,7 @@ DISTILL = (
     F("student_remove", "blocks: parts to remove, e.g. mid,stage.1.attn (`dkdm students parts`).", name="remove", convert=names),
     F("objective", "eps (default) | trajectory | consistency (few-step, docs/fewstep.md)."),
     F("fewstep_steps", "Steps the few-step student is made for (trajectory: its grid)."),
+    F("pair_starts", "trajectory: all (jumps from every cached state) | grid (only from the states its sampler visits)."),
     F("student_init", "random | teacher (a teacher-width student starts as the teacher)."),
 )
 EVALUATE = (

@@ -30,6 +30,10 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.feature_kd > 0:
         raise DkdmError(f"--feature-kd composes with --objective eps only: {cfg.objective} targets are cached states, "
                         "with no teacher forward on the student's inputs")
+    if cfg.pair_starts not in ("all", "grid"):
+        raise DkdmError(f"--pair-starts must be all or grid, got {cfg.pair_starts!r}")
+    if cfg.pair_starts == "grid" and cfg.objective != "trajectory":
+        raise DkdmError("--pair-starts grid trains a trajectory student's own jumps only: use it with --objective trajectory")
     if cfg.jump < 0 or cfg.fewstep_steps < 1 or not 0 <= cfg.target_ema < 1 or cfg.endpoint_weight < 0:
         raise DkdmError(f"nonsense few-step setting: jump {cfg.jump} >= 0, fewstep_steps {cfg.fewstep_steps} >= 1, "
                         f"target_ema {cfg.target_ema} in [0, 1), endpoint_weight {cfg.endpoint_weight} >= 0")
@@ -89,6 +93,12 @@ def sampling_card(cfg: DistillConfig, sched, walk_timesteps: list[int], T: int, 
     if guided:
         out["guidance_scale"] = 1.0
     return out
+
+
+def pair_stride(cfg: DistillConfig, jump: int) -> int:
+    """Cached states between two pair starts: 1 (every state), or the jump itself, so that a trajectory student
+    trains only on the states its own sampler starts from (999 and 499 for a 2-step student on a 40-step walk)."""
+    return jump if cfg.pair_starts == "grid" else 1
 
 
 def build_objective(cfg: DistillConfig, student, noise_sched, channels: int, base_config: dict, walk_steps: int):

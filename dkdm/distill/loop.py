@@ -156,7 +156,8 @@ def _open_sources(run: _Run) -> None:
     run.sources = sources = {}
     if rows["cache"] and run.few_step:
         sources["cache"] = PairSource(run.reader, rows["cache"], cfg.shuffle_buffer, cfg.seed, rank, acc.num_processes,
-                                      cfg.num_workers, device, run.sched, run.jump, on_bad=on_bad)
+                                      cfg.num_workers, device, run.sched, run.jump, on_bad=on_bad,
+                                      stride=fewstep.pair_stride(cfg, run.jump))
     elif rows["cache"]:
         sources["cache"] = CacheSource(run.reader, rows["cache"], cfg.shuffle_buffer, cfg.seed, rank, acc.num_processes,
                                        cfg.num_workers, device, on_bad=on_bad)

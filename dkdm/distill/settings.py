@@ -18,7 +18,7 @@ PRECISIONS = ("no", "fp16", "bf16")
 # each loader worker reads its own shard slice with its own generator
 RESUME_KEYS = ("source", "sampler", "pool", "rho", "batch_size", "grad_accum", "real_ratio", "seed", "shuffle_buffer", "cache", "real",
                "num_workers",
-               "objective", "jump", "fewstep_steps")
+               "objective", "jump", "fewstep_steps", "pair_starts")
 
 
 def validate(cfg: DistillConfig) -> None:

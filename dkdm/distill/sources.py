@@ -50,16 +50,16 @@ class PairSource(CacheSource):
     """Batches of state pairs of one trajectory (dkdm.cache.paths); resumes by fast-forwarding, like CacheSource."""
 
     def __init__(self, reader: CacheReader, batch_size: int, shuffle_buffer: int, seed: int, rank: int, world: int,
-                 num_workers: int, device, sched, jump: int, on_bad: str = "error"):
+                 num_workers: int, device, sched, jump: int, on_bad: str = "error", stride: int = 1):
         super().__init__(reader, batch_size, shuffle_buffer, seed, rank, world, num_workers, device, on_bad)
-        self.sched, self.jump = sched, jump
+        self.sched, self.jump, self.stride = sched, jump, stride
 
     def _open(self):
         from ..cache.paths import pair_loader
 
         b, buf, seed, rank, world, nw = self.args
         it = iter(pair_loader(self.reader, b, self.sched, self.jump, num_workers=nw, shuffle_buffer=buf, seed=seed,
-                              rank=rank, world=world, on_bad=self.on_bad))
+                              rank=rank, world=world, on_bad=self.on_bad, stride=self.stride))
         for _ in range(self.consumed):
             next(it)
         return it
