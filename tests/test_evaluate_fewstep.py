@@ -43,6 +43,9 @@ def test_each_student_at_its_own_steps(report):
     # 'same' at its own setting is the main setting: same seeds, same sampler -> the main table's FID exactly
     assert rows["same", 3]["fid"] == pytest.approx(rep["students"]["same"]["fid"], rel=1e-9)
     assert rows["same", 3]["fid_ratio"] == pytest.approx(rep["students"]["same"]["fid"] / rep["teacher"]["fid"])
+    # ... because it IS the main table's row: not sampled or timed again (its turns are the main table's)
+    assert rows["same", 3]["reused"] == "main table" and "reused" not in rows["lcm", 2]
+    assert rows["same", 3]["images_per_s"] == pytest.approx(rep["students"]["same"]["images_per_s"], rel=1e-12)
     # and on the sweep's seeds (a prefix) its FID is the sweep's own ddim-3 point for that student
     sweep_pt = next(p for p in rep["sweep"]["points"] if (p["model"], p["scheduler"], p["steps"]) == ("same", "ddim", 3))
     assert rows["same", 3]["front_fid"] == pytest.approx(sweep_pt["fid"], rel=1e-9)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import statistics
 
+import torch
+
 from ..own_sampler import own_sampling, own_scheduler
 from ..progress import progress_bar
 from ..sampling import sample, unet_fn
@@ -15,7 +17,8 @@ from .sweep import cheapest_reaching, measure, pareto_front
 
 UNIT_NOTE = ("FID on the main seeds (n as the main table) and, for the front, on the sweep's seeds (a prefix of "
              "them, n as the sweep); seconds/image: median over batches of the sampling time, as in the sweep; "
-             "images/s and speed-up: the teacher's main setting and every student setting taking turns in each round")
+             "images/s and speed-up: the teacher's main setting and every student setting taking turns in each round; a row "
+             "marked reused is the student's main-table sampler itself: its samples and turns are the main table's")
 
 
 def own_settings(students: dict) -> dict:
@@ -31,16 +34,27 @@ def own_settings(students: dict) -> dict:
 GRID_SEEDS = 16  # images per panel of fewstep_grid.png
 
 
+def same_sampler(a, b) -> bool:
+    """Two schedulers that sample alike: same class, timesteps and (public) config."""
+    if type(a) is not type(b) or not torch.equal(torch.as_tensor(a.timesteps), torch.as_tensor(b.timesteps)):
+        return False
+    return {k: v for k, v in a.config.items() if not k.startswith("_")} == {k: v for k, v in b.config.items()
+                                                                          if not k.startswith("_")}
+
+
 def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seeds, shape, cfg, extractor, ref,
-                 sweep: dict | None, device, progress: bool = True) -> tuple[dict | None, list]:
+                 sweep: dict | None, device, progress: bool = True, main: dict | None = None) -> tuple[dict | None, list]:
     """The report's `fewstep` section (None when no student card names its own sampling), and the grid's panels:
-    (label, images) for the first GRID_SEEDS seeds, the teacher at the main setting first."""
+    (label, images) for the first GRID_SEEDS seeds, the teacher at the main setting first.
+    main: the main table's {"scheds", "feats", "times"} per model: a student's own setting that IS its main
+    sampler (an eps student at DDIM-25) reuses those samples and timings instead of sampling them again."""
     settings = own_settings({n: p for n, p in paths.items() if n != "teacher"})
     if not settings:
         return None, []
     seeds = list(seeds)
     bar = progress_bar(len(seeds) * sum(map(len, settings.values())), "own samplers", disable=not progress, unit="img")
-    rows, scheds = [], {}
+    rows, scheds, reused = [], {}, {}
+    bs = (cfg.speed_batch_sizes or [cfg.batch_size])[0]  # the main table's turn-taking batch size too
     # the front compares FIDs on the sweep's seeds: a prefix of the main seeds reuses the same images
     # (sweep["seeds"] are sample indices; their noise seeds follow cfg.seed_space like the main ones)
     front_seeds = noise_seeds(cfg.seed_space, sweep["seeds"][0], sweep["samples"]) if sweep else []
@@ -51,8 +65,15 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
             sched = own_scheduler(paths[name], steps, kind)
             label = f"{name} · {kind}-{steps}"
             scheds[label] = sched
-            point, feats = measure(unet_fn(models[name]), sched, seeds, shape, cfg.batch_size, extractor, ref,
-                                   device=device, bar=bar, label=(name, f"{kind}-{steps}"))
+            if main and same_sampler(sched, main["scheds"][name]):
+                feats, times = main["feats"][name], main["times"][name]
+                point = {"n": len(seeds), "fid": ref.fid(feats), "kid": ref.kid(feats), "reused": "main table",
+                         "seconds_per_image": statistics.median(times) / bs, "joules_per_image": None}
+                reused[label] = times
+                bar.update(len(seeds))
+            else:
+                point, feats = measure(unet_fn(models[name]), sched, seeds, shape, cfg.batch_size, extractor, ref,
+                                       device=device, bar=bar, label=(name, f"{kind}-{steps}"))
             row = {"model": name, "label": label, "scheduler": kind, "steps": steps, **point,
                    "fid_ratio": point["fid"] / teacher_fid if teacher_fid else None}
             if sweep and prefix:  # the same samples scored on the sweep's seeds: comparable with the teacher's front
@@ -67,16 +88,21 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
                                                                                    seeds[:k], shape, device=device).cpu())]
     panels += [(f"{r['model']} {r['scheduler']}-{r['steps']}", sample(unet_fn(models[r["model"]]), scheds[r["label"]],
                                                                        seeds[:k], shape, device=device).cpu()) for r in rows]
-    bs = (cfg.speed_batch_sizes or [cfg.batch_size])[0]
-    fns = {"teacher": unet_fn(models["teacher"])} | {r["label"]: unet_fn(models[r["model"]]) for r in rows}
-    times, _ = time_sampling(fns, {"teacher": main_sched} | scheds, shape, bs, cfg.speed_repeats, device=device)
+    fns = {"teacher": unet_fn(models["teacher"])} | {r["label"]: unet_fn(models[r["model"]]) for r in rows
+                                                     if r["label"] not in reused}
+    # a reused row keeps the main table's rounds, taken in turns with the teacher's, at the same batch size
+    times = time_sampling(fns, {"teacher": main_sched} | scheds, shape, bs, cfg.speed_repeats, device=device)[0] \
+        if len(fns) > 1 else {}
     for r in rows:
-        r["images_per_s"] = bs / statistics.median(times[r["label"]])
-        r["speedup_per_round"] = [a / b for a, b in zip(times["teacher"], times[r["label"]])]
+        mine, teacher = (reused[r["label"]], main["times"]["teacher"]) if r["label"] in reused else \
+            (times[r["label"]], times["teacher"])
+        r["images_per_s"] = bs / statistics.median(mine)
+        r["speedup_per_round"] = [a / b for a, b in zip(teacher, mine)]
         r["speedup"] = statistics.median(r["speedup_per_round"])
+    teacher_times = times.get("teacher") or main["times"]["teacher"]
     out = {"rows": rows, "batch_size": bs, "n": len(seeds), "seeds": [seeds[0], seeds[-1]], "note": UNIT_NOTE,
            "teacher": {"scheduler": kind_of(main_sched), "steps": len(main_sched.timesteps), "fid": teacher_fid,
-                       "images_per_s": bs / statistics.median(times["teacher"])}, "front": None}
+                       "images_per_s": bs / statistics.median(teacher_times)}, "front": None}
     if sweep:
         out["front"] = against_front([p for p in sweep["points"] if p["model"] == "teacher"], rows, front_n)
     return out, panels
