@@ -129,7 +129,7 @@ class DistillConfig:
     student_kind: str = "narrow"  # narrow (the [student] spec, random init) | blocks (teacher minus parts) | transformer
     student_remove: list[str] = field(default_factory=list)  # blocks: parts (mid, stage.1.attn, ...) and/or presets (bk-tiny)
     transformer: TransformerSpec = field(default_factory=TransformerSpec)
-    student_init: str = "random"  # random | teacher: narrow students of the teacher's width start as a copy of it
+    student_init: str = "random"  # random | teacher (a copy of it, teacher-width students) | a student folder (warm start)
     # --- few-step objectives (issue 23, docs/fewstep.md) ---
     objective: str = "eps"  # eps (DKDM matching) | trajectory (jumps between cached states) | consistency (LCM)
     jump: int = 0  # cached states per student step; 0 = trajectory: walk steps / fewstep_steps, consistency: 1

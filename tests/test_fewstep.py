@@ -245,6 +245,23 @@ def test_teacher_init_copies_and_fewstep_settings_are_checked(wds_walk, tiny_tea
     assert torch.allclose(out, seen["b"].eps, atol=2e-2)  # the records are this teacher's outputs (fp16)
     log = (tmp_path / "d" / "distill_log.csv").read_text().splitlines()
     assert float(log[1].split(",")[2]) < 1e-4
+    # a warm start from that (eps) student: the few-step student begins as it, and its card says so
+    eps_student = tmp_path / "d" / "student"
+    distill(distill_cfg(tiny_teacher, walk_cache, tmp_path / "e", objective="trajectory", fewstep_steps=2,
+                        student_init=str(eps_student), steps=1, lr=1e-9), progress=False)
+    a = load_unet(diffusers.UNet2DModel, eps_student, "unet").state_dict()
+    b = load_unet(diffusers.UNet2DModel, tmp_path / "e" / "student", "unet").state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    card = json.loads((tmp_path / "e" / "student" / "dkdm_student.json").read_text())
+    src = json.loads((eps_student / "dkdm_student.json").read_text())
+    assert card["student"]["init"]["student"] == str(eps_student) and card["student"]["init"]["objective"] == "eps"
+    assert card["student"]["init"]["trained_on"] == src["trained_on"]
+    with pytest.raises(DkdmError, match="architecture is not this run's"):
+        distill(distill_cfg(tiny_teacher, walk_cache, tmp_path / "f", student_init=str(eps_student),
+                            student=UNetSpec(**{**TINY.__dict__, "block_out_channels": (4, 8)})), progress=False)
+    with pytest.raises(DkdmError, match="or a student folder"):
+        distill(distill_cfg(tiny_teacher, walk_cache, tmp_path / "h", student_init=str(tmp_path / "nowhere")),
+                progress=False)
 
 
 def test_t2i_pairs_carry_the_guided_eps_and_the_student_samples_unguided(tmp_path):

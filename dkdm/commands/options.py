@@ -187,7 +187,8 @@ DISTILL = (
     F("objective", "eps (default) | trajectory | consistency (few-step, docs/fewstep.md)."),
     F("fewstep_steps", "Steps the few-step student is made for (trajectory: its grid)."),
     F("pair_starts", "trajectory: all (jumps from every cached state) | grid (only from the states its sampler visits)."),
-    F("student_init", "random | teacher (a teacher-width student starts as the teacher)."),
+    F("student_init", "random | teacher (a teacher-width student starts as the teacher) | a student folder of the same "
+      "architecture (warm start, e.g. from an eps student)."),
 )
 EVALUATE = (
     F("students", "Student folder(s); repeat to compare several.", name="student", decls=("--student",), many=True,

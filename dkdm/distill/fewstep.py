@@ -8,6 +8,7 @@ import torch
 
 from ..config import DistillConfig
 from ..errors import DkdmError
+from ..students.call import find_model_dir, load_model
 from .objectives import PAIR_OBJECTIVES, check
 from .objectives.common import PREDICTION, PairBatch
 
@@ -18,8 +19,9 @@ def is_pairs(cfg: DistillConfig) -> bool:
 
 def validate(cfg: DistillConfig) -> None:
     check(cfg.objective)
-    if cfg.student_init not in ("random", "teacher"):
-        raise DkdmError(f"--student-init must be random or teacher, got {cfg.student_init!r}")
+    if cfg.student_init not in ("random", "teacher") and find_model_dir(cfg.student_init) is None:
+        raise DkdmError(f"--student-init must be random, teacher or a student folder (with unet/ or transformer/); "
+                        f"{cfg.student_init!r} is none of them")
     if cfg.student_init == "teacher" and not cfg.teacher:
         raise DkdmError("--student-init teacher copies the teacher's weights: give --teacher")
     if not is_pairs(cfg):
@@ -119,11 +121,28 @@ def pair_batch(parts: tuple, emb: torch.Tensor | None) -> PairBatch:
 
 def init_from_teacher(student, teacher_unet) -> None:
     """A narrow student of the teacher's width starts as the teacher (weights copied); any other shape is refused."""
-    src, dst = teacher_unet.state_dict(), student.state_dict()
+    _copy(student, teacher_unet, "--student-init teacher needs a student of the teacher's architecture ({n} tensors "
+          "differ); give the teacher's block_out_channels, or use --student bk-* (copies kept blocks)")
+
+
+def init_from_student(student, folder: str) -> dict:
+    """Start from an earlier student of the same architecture (safetensors weights, e.g. an eps student made by
+    `dkdm distill`: the network is cut first, then the steps); its card's trained_on comes along for the record."""
+    from ..evaluate.overlap import card_of  # a leaf: reads the card only
+
+    where = find_model_dir(folder)
+    _copy(student, load_model(where), f"--student-init {folder}: that student's architecture is not this run's "
+          "({n} tensors differ); give the same [student] spec (or --student kind) it was made with")
+    _, card = card_of(folder)
+    return {"student": str(folder), "trained_on": card.get("trained_on"), "objective": card.get("objective", {}).get("name")
+            if isinstance(card.get("objective"), dict) else None}
+
+
+def _copy(student, source, message: str) -> None:
+    src, dst = source.state_dict(), student.state_dict()
     bad = [k for k in dst if k not in src or src[k].shape != dst[k].shape]
     if bad or set(src) != set(dst):
-        raise DkdmError(f"--student-init teacher needs a student of the teacher's architecture ({len(bad)} tensors "
-                        "differ); give the teacher's block_out_channels, or use --student bk-* (copies kept blocks)")
+        raise DkdmError(message.format(n=max(len(bad), len(set(src) ^ set(dst)))))
     student.load_state_dict({k: v.to(dst[k].dtype) for k, v in src.items()})
 
 

@@ -128,6 +128,8 @@ def _build_student(run: _Run) -> None:
     if cfg.student_init == "teacher":
         fewstep.init_from_teacher(student, teacher.unet)
         run.student_info = {**run.student_info, "init": "teacher"}
+    elif cfg.student_init != "random":
+        run.student_info = {**run.student_info, "init": fewstep.init_from_student(student, cfg.student_init)}
     run.few_step = fewstep.is_pairs(cfg)
     if run.few_step:  # few-step students sample with their own scheduler (v-prediction, DDIM or LCM trailing)
         run.walk_ts = [int(t) for t in run.sampler_info["timesteps"]]

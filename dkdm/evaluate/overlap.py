@@ -54,8 +54,14 @@ def card_of(student: str) -> tuple[Path | None, dict]:
 
 
 def trained_spans(card: dict, where: str) -> list[tuple[int, int]]:
-    """Noise-seed intervals of the cache trajectories a card says the student saw ([] when it names none)."""
-    data = card.get("trained_on")
+    """Noise-seed intervals of the cache trajectories a card says the student saw ([] when it names none), with
+    those of the student it was warm-started from (card["student"]["init"]["trained_on"])."""
+    init = card.get("student", {}).get("init") if isinstance(card.get("student"), dict) else None
+    before = _spans(init.get("trained_on"), where) if isinstance(init, dict) else []
+    return _spans(card.get("trained_on"), where) + before
+
+
+def _spans(data, where: str) -> list[tuple[int, int]]:
     if data is None:
         return []
     ok = isinstance(data, dict) and isinstance(data.get("base_seed"), int) and isinstance(data.get("seed_rule"), str) \
@@ -76,7 +82,6 @@ def check_seed_overlap(students: list[str], space: str, first: int, n: int, allo
         shared = seeds.overlap(evals, trained_spans(card, str(where))) if where else 0
         found[s] = shared
         if shared and not allow:
-            t = card["trained_on"]
             a, b = card["trained_on"]["trajectories"]
             raise DkdmError(f"{where}: {shared} of {n} evaluation seeds ({space} space from {first}) are the noise of "
                             f"trajectories {a}..{b - 1} it was trained on; use --seed-space evaluation or --allow-seed-overlap")
