@@ -1,6 +1,7 @@
 """Latent text-to-image teachers end to end on a tiny Stable-Diffusion-layout pipeline built from configs:
 generate (VAE in the manifest, paired unguided records) -> distill -> full-pipeline export -> evaluate-t2i."""
 
+import dataclasses
 import json
 
 import pytest
@@ -143,6 +144,11 @@ def test_evaluate_t2i_with_prompts(student, t2i, tmp_path):
     # the teacher's images are reproducible from seeds: a second run gives the same adherence and FID
     r2 = evaluate_t2i(cfg, str(root / "prompts.txt"), guidance_scale=3.0, progress=False)
     assert r2["models"]["teacher"]["fid"] == pytest.approx(t["fid"]) and r2["models"]["run"]["adherence"] == s["adherence"]
+    # evaluation seeds, as `dkdm evaluate`: apart from the cache's trajectories; raw seeds from 0 are refused
+    assert r["seed_space"] == "evaluation" and r["seed_overlap"] == {str(student): 0}
+    with pytest.raises(DkdmError, match="it was trained on"):
+        evaluate_t2i(dataclasses.replace(cfg, seed_space="trajectory", seed=0), str(root / "prompts.txt"),
+                     guidance_scale=3.0, progress=False)
 
 
 def test_evaluate_t2i_refuses_pixel_teacher(tiny_teacher, tmp_path):

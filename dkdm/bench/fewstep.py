@@ -20,6 +20,7 @@ from ..evaluate.reference import real_reference
 from ..evaluate.speed import time_sampling
 from ..evaluate.sweep import measure, scheduler_for
 from ..evaluate.models import load_student_unet
+from ..evaluate.overlap import noise_seeds
 from ..own_sampler import own_sampling, own_scheduler
 from ..runtime import atomic_write_json
 from ..sampling import unet_fn
@@ -35,7 +36,7 @@ def bench(students: list[str], n: int, steps: list[int], seed: int = 10_000, bat
     shape = teacher.sample_shape
     extractor = load_extractor("digits", shape, None, device="cpu")
     ref = real_reference("digits", extractor, shape, "cache", 0, progress=False)
-    seeds = list(range(seed, seed + n))
+    seeds = noise_seeds("evaluation", seed, n)  # `dkdm evaluate`'s seeds: sample i uses noise 2^31 + seed + i
     t_sched, _ = scheduler_for("ddim", 25, "trailing", teacher.scheduler_config)
     t0 = time.time()
     if teacher_row is not None:  # the same seeds, sampler and reference scored before: its FID is reused, its speed not
@@ -73,7 +74,7 @@ def bench(students: list[str], n: int, steps: list[int], seed: int = 10_000, bat
             continue
         r["images_per_s"] = batch / statistics.median(times[lab])
         r["speedup_vs_teacher_ddim25"] = statistics.median([a / b for a, b in zip(times["teacher"], times[lab])])
-    return {"n": n, "seeds": [seeds[0], seeds[-1]], "reference": "digits (1,797 real images)", "features": extractor.name,
+    return {"n": n, "seeds": [seed, seed + n - 1], "noise_seeds": [seeds[0], seeds[-1]], "reference": "digits (1,797 real images)", "features": extractor.name,
             "speed_batch": batch, "speed_rounds": repeats, "threads": torch.get_num_threads(), "rows": rows,
             "teacher_front": front}
 

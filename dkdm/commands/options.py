@@ -213,7 +213,7 @@ EVALUATE = (
 )
 EVALUATE_T2I = (
     *pick(EVALUATE, "student", "teacher", "out", "num_samples", "batch_size", "steps", "scheduler", "seed", "reference",
-          "device", student="Student pipeline folder(s) from `dkdm distill`; repeat.",
+          "device", "seed_space", "allow_seed_overlap", student="Student pipeline folder(s) from `dkdm distill`; repeat.",
           teacher="Latent text-to-image teacher (builtin:digits-t2i or a pipeline folder).",
           reference="auto (digits for 1x16x16) | digits | image folder | .tar | .npz"),
     F("speed_repeats", "Timed rounds (models take turns in each)."),

@@ -23,6 +23,7 @@ from ..schedulers import stable_scheduler
 from ..teacher import load_teacher
 from . import energy as energymod
 from .models import student_name
+from .overlap import check_seed_overlap, noise_seeds, seed_rule
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -181,6 +182,8 @@ def evaluate_t2i(cfg: EvaluateConfig, prompts_file: str, guidance_scale: float, 
         positive(name, getattr(cfg, name))
     if guidance_scale < 1:
         raise DkdmError(f"--guidance-scale must be >= 1 (1 = no guidance), got {guidance_scale}")
+    n = cfg.num_samples
+    overlaps = check_seed_overlap(cfg.students, cfg.seed_space, cfg.seed, n, cfg.allow_seed_overlap)  # sweeps: a prefix
     device = pick_device(cfg.device)
     teacher = load_teacher(cfg.teacher, device)
     if not teacher.latent:
@@ -203,9 +206,8 @@ def evaluate_t2i(cfg: EvaluateConfig, prompts_file: str, guidance_scale: float, 
             pipe.scheduler = stable_scheduler(cfg.sampler, teacher.scheduler_config)[0]  # same sampler for every model
             own[student_name(s)] = own["teacher"]
         pipes[student_name(s)] = pipe
-    n = cfg.num_samples
     ps = [prompts[i % len(prompts)] for i in range(n)]
-    seeds = [cfg.seed + i for i in range(n)]
+    seeds = noise_seeds(cfg.seed_space, cfg.seed, n)  # `dkdm evaluate`'s rule: apart from every cache trajectory
     labels = [digit_named(p) for p in ps]
     bar = tqdm(total=n * len(pipes), desc="evaluate-t2i", disable=not progress, unit="img")
     images = {k: _images(p, ps, seeds, own[k][0], own[k][1], cfg.batch_size, bar) for k, p in pipes.items()}
@@ -233,7 +235,8 @@ def evaluate_t2i(cfg: EvaluateConfig, prompts_file: str, guidance_scale: float, 
             sweep.append({"model": k, "guidance_scale": g, "samples": k_n, "adherence": adherence(imgs, labels[:k_n]),
                           **fid_of(imgs)})
     report = {"teacher": teacher.source, "vae": vae_info(teacher.vae), "prompts": {"file": prompts_file, "count": len(prompts),
-              "rule": "sample i: prompt i mod count, seed seed+i"}, "guidance_scale": guidance_scale,
+              "rule": f"sample i: prompt i mod count; {seed_rule(cfg.seed_space)}"}, "guidance_scale": guidance_scale,
+              "seed_space": cfg.seed_space, "seed_overlap": overlaps,
               "sampler": {"scheduler": cfg.sampler.scheduler, "steps": steps, "spacing": cfg.sampler.timestep_spacing},
               "num_samples": n, "seed": cfg.seed, "speed_batch": speed_n, "threads": torch.get_num_threads(),
               "device": str(device), "models": models, "guidance_sweep": sweep}
