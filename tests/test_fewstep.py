@@ -105,6 +105,11 @@ def test_pair_stream_refuses_walks_it_cannot_pair(tiny_teacher, tmp_path):
     reader = CacheReader(str(out))
     with pytest.raises(DkdmError, match="--keep all"):
         PairStream(reader, 4, cache_sched(reader), 1)
+    shifted = tmp_path / "offsets"  # every state kept, but each trajectory on its own shifted grid
+    generate(gen_cfg(tiny_teacher, shifted, sampler=SamplerConfig(steps=4, coverage="offsets")), progress=False)
+    reader = CacheReader(str(shifted))
+    with pytest.raises(DkdmError, match="--coverage grid"):
+        PairStream(reader, 4, cache_sched(reader), 1)
 
 
 def test_pair_source_resumes_bit_identically_mid_trajectory(walk_cache):

@@ -56,8 +56,9 @@ def bench(students: list[str], n: int, steps: list[int], seed: int = 10_000, bat
         log(f"teacher {kind}-{k}: FID {point['fid']:.3f}")
     for path in students:
         unet = load_student_unet(path, "cpu")
-        kind = own_sampling(path)["scheduler"]
-        for k in steps:
+        card = own_sampling(path)
+        kind = card["scheduler"]
+        for k in (steps or card["steps_supported"]):  # none given: the steps the student was made for
             sched = own_scheduler(path, k, kind)
             t0 = time.time()
             point, _ = measure(unet_fn(unet), sched, seeds, shape, batch, extractor, ref)
@@ -84,14 +85,14 @@ def main() -> None:
     ap.add_argument("students", nargs="+")
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=2048)
-    ap.add_argument("--steps", default="1,2,4")
+    ap.add_argument("--steps", default="1,2,4", help="comma list, or own: each student's steps_supported")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timed", default="", help="comma list of the students to time (default all)")
     ap.add_argument("--teacher-from", default="", help="a previous output: reuse its teacher FID (same n and seeds)")
     ap.add_argument("--teacher-settings", default="", help="also score the teacher at these, e.g. ddim-4,dpm++-8")
     a = ap.parse_args()
     prev = json.loads(open(a.teacher_from).read())["rows"][0] if a.teacher_from else None
-    res = bench(a.students, a.n, [int(s) for s in a.steps.split(",")], repeats=a.repeats,
+    res = bench(a.students, a.n, [] if a.steps == "own" else [int(s) for s in a.steps.split(",")], repeats=a.repeats,
                 timed=[s for s in a.timed.split(",") if s] or None, teacher_row=prev,
                 teacher_settings=[(s.rsplit("-", 1)[0], int(s.rsplit("-", 1)[1])) for s in a.teacher_settings.split(",") if s])
     atomic_write_json(a.out, res)

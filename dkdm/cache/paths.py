@@ -31,6 +31,8 @@ def check_walkable(manifest: dict, where: str) -> None:
         why = f"it walks {s.get('scheduler')} with eta {s.get('eta')}, not deterministic DDIM (eta 0)"
     elif s.get("kept_steps") != list(range(int(s["steps"]))):
         why = f"it keeps steps {s.get('keep')!r}, not all of them (--keep all)"
+    elif s.get("coverage", "grid") != "grid":  # offsets shift each trajectory's grid: few would visit 999, 499, ...
+        why = f"its trajectories walk shifted grids (coverage {s.get('coverage')!r}), not the one grid (--coverage grid)"
     if why:
         raise DkdmError(f"cache {where} cannot serve trajectory pairs: {why}; generate one with "
                         "`dkdm generate --scheduler ddim --steps 40 --coverage grid --keep all`")
