@@ -17,6 +17,23 @@ def test_fewstep_recipe_sets_students_against_the_teachers_whole_front():
     assert ev.num_samples >= 2048 and ev.own_samplers and (ev.sampler.scheduler, ev.sampler.steps) == ("ddim", 25)
 
 
+def test_t2i_fewstep_recipe_walks_the_students_grid_with_a_copy_of_the_teacher():
+    import diffusers
+
+    from dkdm.distill.fewstep import nested_steps
+    from dkdm.teacher import load_teacher
+
+    r = load_recipe("digits-t2i-fewstep")
+    g, d = r.generate.sampler, r.distill
+    assert (g.scheduler, g.coverage, g.eta, r.generate.keep) == ("ddim", "grid", 0.0, "all")
+    t = load_teacher("builtin:digits-t2i")
+    sched = diffusers.DDIMScheduler.from_config({**t.scheduler_config, "timestep_spacing": g.timestep_spacing})
+    sched.set_timesteps(g.steps)
+    assert d.fewstep_steps in nested_steps(sched.timesteps.tolist(), 1000, t.scheduler_config)
+    assert (d.objective, d.student_init) == ("trajectory", "teacher")
+    assert list(d.student.block_out_channels) == list(t.unet.config.block_out_channels)
+
+
 def test_fewstep_demo_end_to_end(tmp_path):
     lines = []
     rep = run_demo(tmp_path / "d", recipe=str(HERE / "tiny_fewstep.toml"), progress=False, log=lines.append)
