@@ -5,6 +5,7 @@
 import sys
 import torch
 from dkdm.evaluate.models import load_student_unet
+from dkdm.seeds import evaluation_seeds
 from dkdm.evaluate.sweep import scheduler_for
 from dkdm.imaging import grid, save_png
 from dkdm.own_sampler import own_scheduler
@@ -13,7 +14,7 @@ from dkdm.teacher import load_teacher
 
 
 def main() -> None:
-    seeds = list(range(10000, 10012))
+    seeds = evaluation_seeds(10000, 12)  # `dkdm evaluate`'s first 12 samples
     t = load_teacher("builtin:digits", "cpu")
     rows = [sample(unet_fn(t.unet), scheduler_for("ddim", 25, "trailing", t.scheduler_config)[0], seeds, (1, 16, 16))]
     labels = ["teacher ddim-25"]

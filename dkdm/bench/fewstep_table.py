@@ -10,25 +10,32 @@ from pathlib import Path
 
 def main() -> None:
     ex = Path(sys.argv[1])
-    files = ["eval-tw-s0.json"] + sorted(p.name for p in ex.glob("eval-*.json") if p.name != "eval-tw-s0.json")  # the first scored the teacher
+    files = ["eval-teacher.json"] + sorted(p.name for p in ex.glob("eval-*.json") if p.name != "eval-teacher.json")  # the first scored the teacher
     runs = {f: json.loads((ex / f).read_text()) for f in files}
-    teacher = runs["eval-tw-s0.json"]["rows"][0]
+    teacher = runs["eval-teacher.json"]["rows"][0]
     tfid = teacher["fid"]
-    KIND = {"tw": "teacher-width, consistency, init teacher", "nw": "narrow (16,32,32), consistency, random init",
-            "tj": "teacher-width, trajectory (2-step DDIM), init teacher", "nwtj": "narrow (16,32,32), trajectory (2-step DDIM), random init"}
-    GOAL = {("tw", 4): 1.15, ("tw", 2): 1.3, ("tw", 1): 1.6, ("tj", 2): 1.3, ("nw", 2): 1.5, ("nwtj", 2): 1.5}
-    rows = []
+    # run names RUN-sSEED: the prefix says the kind (teacher-width students start as a copy of the teacher)
+    KIND = {"tj1": "teacher-width, trajectory, 1-step DDIM", "tj2": "teacher-width, trajectory, 2-step DDIM",
+            "tj4": "teacher-width, trajectory, 4-step DDIM", "cm": "teacher-width, consistency (LCM), one network",
+            "nwtj2w": "narrow (16,32,32), trajectory 2-step, warm start from its eps student",
+            "nwtj2wL": "narrow (16,32,32), trajectory 2-step, warm start, 3,000 steps"}
+    GOAL = {("tj1", 1): 1.6, ("tj2", 2): 1.3, ("tj4", 4): 1.15, ("cm", 1): 1.6, ("cm", 2): 1.3, ("cm", 4): 1.15,
+            ("nwtj2w", 2): 1.5, ("nwtj2wL", 2): 1.5}
+    seen = {}  # one row per (student, steps): a later run that also timed it replaces an untimed one
     for f, r in runs.items():
         for row in r["rows"][1:]:
-            rows.append({**row, "file": f, "teacher_images_per_s_same_run": r["rows"][0].get("images_per_s")})
+            key = (Path(row["model"]).name, row["steps"])
+            if key not in seen or row.get("images_per_s"):
+                seen[key] = {**row, "file": f, "teacher_images_per_s_same_run": r["rows"][0].get("images_per_s")}
+    rows = list(seen.values())
     front = [p for r in runs.values() for p in r.get("teacher_front", [])]
     t_points = [{"scheduler": "ddim", "steps": 25, "fid": tfid, "seconds_per_image": teacher["seconds_per_image"]}] + front
     by = {}
     for row in rows:
-        pre = row["model"].split("-s")[0]
+        pre = Path(row["model"]).name.rsplit("-s", 1)[0]
         by.setdefault((pre, row["steps"]), []).append(row)
     # images/s in turns with the teacher's DDIM-25 (the reliable speed figure): per network and step count
-    arch = {"tw": "teacher-width", "tj": "teacher-width", "nw": "narrow", "nwtj": "narrow"}
+    arch = {k: "narrow" if k.startswith("nw") else "teacher-width" for k in KIND}
     turns = {(arch[p], k): r["speedup_vs_teacher_ddim25"] for (p, k), rs in by.items() for r in rs if r.get("images_per_s")}
     out_rows, lines = [], [
         "| student | steps | seeds | FID mean | FID range | mean / teacher DDIM-25 | goal | images/s (b128) | vs teacher DDIM-25 images/s |",
@@ -40,14 +47,14 @@ def main() -> None:
         m, g = statistics.mean(fids), GOAL.get((pre, steps))
         ips = f"{timed[0]['images_per_s']:.1f}" if timed else "–"
         sp = f"{timed[0]['speedup_vs_teacher_ddim25']:.1f}x" if timed else "–"
-        lines.append(f"| {KIND[pre]} | {steps} | {len(rs)} ({', '.join(r['model'] for r in rs)}) | {m:.2f} | "
+        lines.append(f"| {KIND[pre]} | {steps} | {len(rs)} ({', '.join(Path(r['model']).name for r in rs)}) | {m:.2f} | "
                      f"{min(fids):.2f}–{max(fids):.2f} | {m / tfid:.2f}x | {('≤ %.2fx' % g) if g else '–'} | {ips} | {sp} |")
         # equal FID against the teacher's measured points: its cheapest setting at least as good as this student
         spi = statistics.mean(r["seconds_per_image"] for r in rs)
         good = [p for p in t_points if p["fid"] <= m]
         eq = min(good, key=lambda p: p["seconds_per_image"]) if good else None
         sp_turns = turns.get((arch[pre], steps))
-        out_rows.append({"student": KIND[pre], "steps": steps, "seeds": [r["model"] for r in rs], "fid": fids, "fid_mean": m,
+        out_rows.append({"student": KIND[pre], "steps": steps, "seeds": [Path(r["model"]).name for r in rs], "fid": fids, "fid_mean": m,
                          "fid_ratio_mean": m / tfid, "fid_ratio_range": [min(fids) / tfid, max(fids) / tfid], "goal_ratio": g,
                          "images_per_s_b128": timed[0]["images_per_s"] if timed else None,
                          "speedup_vs_teacher_ddim25_images_per_s": timed[0]["speedup_vs_teacher_ddim25"] if timed else None,
