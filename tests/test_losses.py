@@ -73,6 +73,18 @@ def test_posterior_and_kl_match_hand_derived_values_at_t0_t1_and_last(kind):
     assert float(kl) == pytest.approx(total / (4 * n), rel=1e-5)
 
 
+def test_tables_follow_the_schedule_even_at_the_same_address():
+    """A freed scheduler's id and betas storage are reused by the next one: the tables must follow the betas'
+    values (a stale linear table made the cosine posterior wrong by 1e-3 at t = 0 in CI)."""
+    sched, t = sched_of("linear"), torch.tensor([0, 0])
+    x, eps, v = torch.ones(2, 1, 1, 1), torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1)
+    linear_mean, _ = _posterior(sched, eps, v, x, t)
+    sched.betas.copy_(sched_of("squaredcos_cap_v2").betas)  # same object, same storage, other values
+    cosine_mean, _ = _posterior(sched, eps, v, x, t)
+    fresh_mean, _ = _posterior(sched_of("squaredcos_cap_v2"), eps, v, x, t)
+    assert not torch.allclose(linear_mean, cosine_mean) and torch.equal(cosine_mean, fresh_mean)
+
+
 @pytest.mark.parametrize("kind", SCHEDULES)
 def test_kl_at_t0_is_finite_and_of_the_same_order_as_t1(kind):
     """The old rule took log(max(β̃_0, 1e-20)) at t = 0: KL ~ 1e9-1e13. Clipped, t = 0 is an ordinary term."""

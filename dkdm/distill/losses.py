@@ -45,13 +45,16 @@ _TABLES: dict = {}
 
 
 def _tables(sched, device) -> dict[str, torch.Tensor]:
-    """The tables on `device`, computed and moved once per scheduler (not five host->device copies per call)."""
-    betas = sched.betas
-    key = (id(sched), betas.data_ptr(), len(betas), str(device))
-    if key not in _TABLES:
-        _TABLES.clear()
-        _TABLES[key] = {k: v.to(device) for k, v in coefficients(betas).items()}
-    return _TABLES[key]
+    """The tables on `device`, computed and moved once per schedule (not five host->device copies per call).
+
+    Keyed on the betas' values, not on the scheduler's id or storage address: both are reused once a
+    scheduler is freed, and a stale table from another schedule would be silently wrong."""
+    betas = sched.betas.detach().cpu()
+    hit = _TABLES.get("entry")
+    same = hit is not None and hit[1] == str(device) and hit[0].dtype == betas.dtype and hit[0].shape == betas.shape
+    if not (same and torch.equal(hit[0], betas)):
+        _TABLES["entry"] = (betas.clone(), str(device), {k: v.to(device) for k, v in coefficients(betas).items()})
+    return _TABLES["entry"][2]
 
 
 def _posterior(sched, eps: torch.Tensor, v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
