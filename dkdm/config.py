@@ -166,6 +166,8 @@ class EvaluateConfig:
     embedding_points: int = 400  # per group
     sweep_students: bool = True  # false: sweep only the teacher (the front few-step students are set against)
     own_samplers: bool = True  # also sample each student with the scheduler and steps its card names (few-step students)
+    confirm_front: bool = True  # score the teacher's front settings around each student's equal-FID crossing again on
+    # the main seeds: few-sample FIDs favour less diverse models and can flip a student's order (front_confirm.py)
 
 
 @dataclass

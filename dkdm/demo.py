@@ -52,7 +52,8 @@ def own_summary(report: dict) -> list[str]:
     out = [f"students at their own scheduler and steps (teacher {t['scheduler']}-{t['steps']}: FID {t['fid']:.2f}, "
            f"{t['images_per_s']:.1f} images/s at batch {few['batch_size']}):"]
     for r in few["rows"]:
-        eq, lb = r.get("equal_fid"), r.get("equal_fid_lower_bound")
+        n = "_n" if "equal_fid_n" in r or "equal_fid_n_lower_bound" in r else ""  # confirmed on the main seeds
+        eq, lb = r.get(f"equal_fid{n}"), r.get(f"equal_fid{n}_lower_bound")
         front = (f"; at equal FID vs the teacher's front: {eq['speedup']:.1f}x" if eq else
                  f"; beyond the teacher's front (> {lb['speedup']:.1f}x)" if lb else "")
         out.append(f"  {r['model']} {r['scheduler']}-{r['steps']}: FID {r['fid']:.2f} ({r['fid_ratio']:.2f}x the teacher's), "

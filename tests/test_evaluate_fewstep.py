@@ -90,6 +90,51 @@ def test_front_reads_off_the_teacher_sweep(report):
     assert json.loads((out / "report.json").read_text())["pngs"]["pareto_fewstep"] == "pareto_fewstep.png"
 
 
+def test_equal_fid_confirmed_on_the_main_seeds(report, tiny_teacher):
+    """20 sweep seeds < 40 main ones: the teacher's front settings near each crossing are scored on the main seeds,
+    and the crossing read there is the cheapest confirmed setting reaching the student's main-seed FID."""
+    rep, out = report
+    conf = rep["fewstep"]["front"]["confirmed"]
+    assert conf["n"] == 40 and conf["points"]
+    by = {(p["scheduler"], p["steps"]): p for p in conf["points"]}
+    if ("ddim", 3) in by:  # the main setting on the main seeds is the main table's teacher row itself
+        assert by["ddim", 3]["fid"] == pytest.approx(rep["teacher"]["fid"], rel=1e-9)
+    front = rep["fewstep"]["front"]["teacher_front"]
+    for r in rep["fewstep"]["rows"]:
+        eq, lb = r.get("equal_fid_n"), r.get("equal_fid_n_lower_bound")
+        assert (eq is None) != (lb is None)
+        if eq:
+            assert eq["fid"] <= r["fid"] and eq["speedup"] == pytest.approx(eq["seconds_per_image"] / r["seconds_per_image"])
+            i = next(k for k, p in enumerate(front) if (p["scheduler"], p["steps"]) == (eq["scheduler"], eq["steps"]))
+            if i > 0:  # the next cheaper front setting was scored too, and does not reach it
+                assert by[front[i - 1]["scheduler"], front[i - 1]["steps"]]["fid"] > r["fid"]
+        else:
+            assert all(p["fid"] > r["fid"] for p in conf["points"])
+    assert "teacher, equal FID (n = 40)" in (out / "report.md").read_text()
+
+
+def test_confirm_walks_the_front_from_the_sweeps_crossing():
+    from dkdm.evaluate.front_confirm import confirm_equal_fid
+
+    front = [{"scheduler": "ddim", "steps": k, "fid": 100 / k, "seconds_per_image": k / 1000} for k in (1, 2, 4, 8, 16)]
+    at_n = {1: 90.0, 2: 40.0, 4: 21.0, 8: 12.0, 16: 7.0}  # on the main seeds
+    calls = []
+
+    def rescore(p):
+        calls.append(p["steps"])
+        return at_n[p["steps"]]
+
+    rows = [{"fid": 45.0, "seconds_per_image": 0.0005, "equal_fid": front[2]},  # sweep: 4 steps; main seeds: 2 reach it
+            {"fid": 11.0, "seconds_per_image": 0.0005, "equal_fid": front[3]},  # sweep: 8; main seeds: 8 fails, 16 reaches
+            {"fid": 5.0, "seconds_per_image": 0.0005, "equal_fid": None}]  # beyond the whole front
+    pts = confirm_equal_fid(front, rows, rescore)
+    assert rows[0]["equal_fid_n"]["steps"] == 2 and rows[0]["equal_fid_n"]["speedup"] == pytest.approx(4.0)
+    assert rows[1]["equal_fid_n"]["steps"] == 16 and rows[1]["equal_fid_n"]["fid"] == 7.0
+    assert "equal_fid_n" not in rows[2] and rows[2]["equal_fid_n_lower_bound"]["steps"] == 16
+    assert sorted(calls) == [1, 2, 4, 8, 16] and len(calls) == len(set(calls))  # each setting scored once
+    assert [p["steps"] for p in pts] == [1, 2, 4, 8, 16] and pts[0]["fid_sweep"] == 100.0
+
+
 def test_own_samplers_off_and_students_without_a_card(tiny_teacher, tmp_path):
     cfg = EvaluateConfig(teacher=str(tiny_teacher), students=[str(tiny_teacher)], out=str(tmp_path / "ev"),
                          sampler=SamplerConfig(steps=2), num_samples=8, batch_size=8, speed_repeats=1, device="cpu",
@@ -104,12 +149,13 @@ def test_cli_sweeps_the_teacher_only_and_prints_the_own_settings(report, tiny_te
     root = out.parent
     res = run_cli("evaluate", "--student", root / "lcm", "--teacher", tiny_teacher, "--out", root / "cli",
                   "--num-samples", 8, "--batch-size", 8, "--steps", 2, "--device", "cpu", "--cache-root", root / "cache",
-                  "--sweep-schedulers", "ddim", "--sweep-steps", "1", "--sweep-samples", 12, "--sweep-teacher-only", "--quiet")
+                  "--sweep-schedulers", "ddim", "--sweep-steps", "1", "--sweep-samples", 12, "--sweep-teacher-only", "--no-confirm-front", "--quiet")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "students at their own scheduler and steps" in res.stdout and "lcm lcm-4: FID" in res.stdout
     rep = json.loads((root / "cli" / "report.json").read_text())
     assert {p["model"] for p in rep["sweep"]["points"]} == {"teacher"}
     assert rep["config"]["sweep_students"] is False and rep["config"]["own_samplers"] is True
+    assert rep["config"]["confirm_front"] is False and "confirmed" not in rep["fewstep"]["front"]
     # 12 sweep seeds are not a prefix of the 8 main ones: the students are sampled again on the sweep's seeds
     assert rep["fewstep"]["front"]["n"] == rep["fewstep"]["front"]["n_teacher"] == 12
     assert all(r["front_fid"] != r["fid"] for r in rep["fewstep"]["rows"])

@@ -210,6 +210,8 @@ EVALUATE = (
     F("target_fid", "Quality target for the cheapest-setting answer."),
     F("sweep_students", "Sweep the students too, or only the teacher's front.", decls=("--sweep-students/--sweep-teacher-only",)),
     F("own_samplers", "Also sample each student with its card's scheduler and steps.", decls=("--own-samplers/--no-own-samplers",)),
+    F("confirm_front", "Score the teacher's front near each student's equal-FID crossing again on the main seeds.",
+      decls=("--confirm-front/--no-confirm-front",)),
 )
 EVALUATE_T2I = (
     *pick(EVALUATE, "student", "teacher", "out", "num_samples", "batch_size", "steps", "scheduler", "seed", "reference",

@@ -11,9 +11,10 @@ from ..own_sampler import own_sampling, own_scheduler
 from ..progress import progress_bar
 from ..sampling import sample, unet_fn
 from ..schedulers import kind_of
+from .front_confirm import confirm_equal_fid
 from .speed import time_sampling
 from .overlap import noise_seeds
-from .sweep import cheapest_reaching, measure, pareto_front
+from .sweep import cheapest_reaching, measure, pareto_front, scheduler_for
 
 UNIT_NOTE = ("FID on the main seeds (n as the main table) and, for the front, on the sweep's seeds (a prefix of "
              "them, n as the sweep); seconds/image: median over batches of the sampling time, as in the sweep; "
@@ -43,7 +44,8 @@ def same_sampler(a, b) -> bool:
 
 
 def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seeds, shape, cfg, extractor, ref,
-                 sweep: dict | None, device, progress: bool = True, main: dict | None = None) -> tuple[dict | None, list]:
+                 sweep: dict | None, device, progress: bool = True, main: dict | None = None,
+                 teacher_config: dict | None = None) -> tuple[dict | None, list]:
     """The report's `fewstep` section (None when no student card names its own sampling), and the grid's panels:
     (label, images) for the first GRID_SEEDS seeds, the teacher at the main setting first.
     main: the main table's {"scheds", "feats", "times"} per model: a student's own setting that IS its main
@@ -104,8 +106,25 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
            "teacher": {"scheduler": kind_of(main_sched), "steps": len(main_sched.timesteps), "fid": teacher_fid,
                        "images_per_s": bs / statistics.median(teacher_times)}, "front": None}
     if sweep:
-        out["front"] = against_front([p for p in sweep["points"] if p["model"] == "teacher"], rows, front_n)
+        teacher_pts = [p for p in sweep["points"] if p["model"] == "teacher"]
+        out["front"] = against_front(teacher_pts, rows, front_n)
+        if cfg.confirm_front and front_n < len(seeds) and teacher_config is not None:
+            rescore = _rescorer(models["teacher"], main_sched, teacher_fid, teacher_config, seeds, shape, cfg, extractor,
+                                ref, device)
+            confirmed = confirm_equal_fid(pareto_front(teacher_pts), rows, rescore)
+            out["front"]["confirmed"] = {"n": len(seeds), "points": confirmed}
     return out, panels
+
+
+def _rescorer(unet, main_sched, main_fid: float, teacher_config: dict, seeds, shape, cfg, extractor, ref, device):
+    """point -> the teacher's FID at that (scheduler, steps) on the main seeds; the main setting is the main table's."""
+    def rescore(p: dict) -> float:
+        sched, _ = scheduler_for(p["scheduler"], p["steps"], p.get("timestep_spacing", cfg.sampler.timestep_spacing),
+                                 teacher_config)
+        if same_sampler(sched, main_sched):
+            return main_fid
+        return measure(unet_fn(unet), sched, seeds, shape, cfg.batch_size, extractor, ref, device=device)[0]["fid"]
+    return rescore
 
 
 def against_front(teacher_pts: list[dict], rows: list[dict], n: int) -> dict:

@@ -88,7 +88,8 @@ def fewstep_front(teacher_points: list[dict], few: dict, path: Path, cost_label:
         ax.plot([r["seconds_per_image"] for r in rows], [r["front_fid"] for r in rows], "-", color=c, lw=1.2,
                 marker=MARKERS.get(rows[0]["scheduler"], "o"), ms=9, label=f"{m} · {rows[0]['scheduler']} (own)")
         for r in rows:
-            eq = r.get("equal_fid")
+            # the reading confirmed on the main seeds when there is one
+            eq = r.get("equal_fid_n") if "equal_fid_n" in r or "equal_fid_n_lower_bound" in r else r.get("equal_fid")
             txt = f"{r['steps']}" + (f" ({eq['speedup']:.2g}x)" if eq else "")
             ax.annotate(txt, (r["seconds_per_image"], r["front_fid"]), fontsize=7, xytext=(4, 4), textcoords="offset points",
                         color=c)

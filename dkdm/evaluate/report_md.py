@@ -110,6 +110,19 @@ def _setting(p) -> str:
     return "n/a" if p is None else f"{p['scheduler']}-{p['steps']} (FID {p['fid']:.2f}, {1000 * p['seconds_per_image']:.2f} ms)"
 
 
+def _speedup(eq: dict | None, lb: dict | None) -> str:
+    return f"{eq['speedup']:.1f}x" if eq else (f"> {lb['speedup']:.1f}x (teacher never reaches it)" if lb else "n/a")
+
+
+def _confirm_note(fr: dict) -> str:
+    c = fr.get("confirmed")
+    if not c:
+        return ""
+    pts = ", ".join(f"{p['scheduler']}-{p['steps']} {p['fid_sweep']:.2f} -> {p['fid']:.2f}" for p in c["points"])
+    return (f" The last three columns read the crossing on the main seeds (n = {c['n']}): FID on few samples favours "
+            f"less diverse models, so the teacher's front settings near each crossing were scored again ({pts}).")
+
+
 def fewstep_lines(few: dict | None) -> list[str]:
     """Each student at its own scheduler and steps, against the teacher's main setting and its whole front."""
     if not few:
@@ -130,14 +143,17 @@ def fewstep_lines(few: dict | None) -> list[str]:
     L += ["", "### Against the teacher's whole quality-vs-time front", "",
           f"FIDs on the sweep's {fr['n']} seeds (teacher points: n = {fr['n_teacher']}, {fr['teacher_points']} settings). "
           "'Teacher, same time': the teacher's best FID in no more time per image. 'Equal FID': the teacher's cheapest "
-          "setting reaching the student's FID, and how many times slower it is.", "",
-          "| student | setting | FID (front n) | ms/image | teacher, same time | teacher, equal FID | speed-up at equal FID |",
-          "|---|---|---:|---:|---|---|---:|"]
+          "setting reaching the student's FID, and how many times slower it is." + _confirm_note(fr), "",
+          "| student | setting | FID (front n) | ms/image | teacher, same time | teacher, equal FID | speed-up at equal FID |"
+          + (f" FID (n = {fr['confirmed']['n']}) | teacher, equal FID (n = {fr['confirmed']['n']}) | speed-up (n = "
+             f"{fr['confirmed']['n']}) |" if fr.get("confirmed") else ""),
+          "|---|---|---:|---:|---|---|---:|" + ("---:|---|---:|" if fr.get("confirmed") else "")]
     for r in few["rows"]:
-        eq, lb = r.get("equal_fid"), r.get("equal_fid_lower_bound")
-        sp = f"{eq['speedup']:.1f}x" if eq else (f"> {lb['speedup']:.1f}x (teacher never reaches it)" if lb else "n/a")
+        eq = r.get("equal_fid")
         L.append(f"| {r['model']} | {r['scheduler']}-{r['steps']} | {r['front_fid']:.2f} | {1000 * r['seconds_per_image']:.2f} | "
-                 f"{_setting(r['teacher_same_time'])} | {_setting(eq)} | {sp} |")
+                 f"{_setting(r['teacher_same_time'])} | {_setting(eq)} | {_speedup(eq, r.get('equal_fid_lower_bound'))} |"
+                 + (f" {r['fid']:.2f} | {_setting(r.get('equal_fid_n'))} | "
+                    f"{_speedup(r.get('equal_fid_n'), r.get('equal_fid_n_lower_bound'))} |" if fr.get("confirmed") else ""))
     L += ["", "Pareto front of everything (teacher settings and students at their own steps):", "",
           "| model | setting | FID | ms/image |", "|---|---|---:|---:|"]
     for p in fr["front"]:

@@ -169,7 +169,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     # few-step students: each at its own scheduler and steps, against DDIM-25 and the teacher's front (fewstep.py)
     main = {"scheds": scheds, "feats": feats, "times": main_times}  # an own setting equal to the main one is reused
     own, own_grid = evaluate_own(models, paths, sched, results["teacher"]["fid"], seeds, shape, cfg, extractor, ref, sweep,
-                                 device, progress, main=main) if cfg.own_samplers else (None, [])
+                                 device, progress, main=main, teacher_config=teacher.scheduler_config) \
+        if cfg.own_samplers else (None, [])
 
     emb = None
     if cfg.embeddings:
