@@ -20,9 +20,10 @@ def main() -> None:
             "nwtj2w": "narrow (16,32,32), trajectory 2-step, warm start from its eps student",
             "nwtj2wL": "narrow (16,32,32), trajectory 2-step, warm start, 3,000 steps",
             "cmc": "teacher-width, consistency (LCM), 1,500 more steps from cm (lr 2.5e-4)",
-            "wtj2w": "narrow (8,32,64), trajectory 2-step, warm start from its eps student"}
+            "wtj2w": "narrow (8,32,64), trajectory 2-step, warm start from its eps student",
+            "mtj2w": "narrow (16,48,48), attention at 4x4, trajectory 2-step, warm start from its eps student"}
     GOAL = {("tj1", 1): 1.6, ("tj2", 2): 1.3, ("tj4", 4): 1.15, ("cm", 1): 1.6, ("cm", 2): 1.3, ("cm", 4): 1.15,
-            ("nwtj2w", 2): 1.5, ("nwtj2wL", 2): 1.5, ("cmc", 1): 1.6, ("cmc", 2): 1.3, ("cmc", 4): 1.15, ("wtj2w", 2): 1.5}
+            ("nwtj2w", 2): 1.5, ("nwtj2wL", 2): 1.5, ("cmc", 1): 1.6, ("cmc", 2): 1.3, ("cmc", 4): 1.15, ("wtj2w", 2): 1.5, ("mtj2w", 2): 1.5}
     seen = {}  # one row per (student, steps): a later run that also timed it replaces an untimed one
     for f, r in runs.items():
         for row in r["rows"][1:]:
@@ -37,7 +38,8 @@ def main() -> None:
         pre = Path(row["model"]).name.rsplit("-s", 1)[0]
         by.setdefault((pre, row["steps"]), []).append(row)
     # images/s in turns with the teacher's DDIM-25 (the reliable speed figure): per network and step count
-    arch = {k: "narrow" if k.startswith("nw") else "narrow (8,32,64)" if k.startswith("w") else "teacher-width" for k in KIND}
+    arch = {k: "narrow" if k.startswith("nw") else "narrow (8,32,64)" if k.startswith("w") else \
+        "narrow (16,48,48)" if k.startswith("m") else "teacher-width" for k in KIND}
     timed_by = {}
     for (p, k), rs in by.items():
         timed_by.setdefault((arch[p], k), []).extend(r["speedup_vs_teacher_ddim25"] for r in rs if r.get("images_per_s"))

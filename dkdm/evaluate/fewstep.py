@@ -110,20 +110,25 @@ def evaluate_own(models: dict, paths: dict, main_sched, teacher_fid: float, seed
         out["front"] = against_front(teacher_pts, rows, front_n)
         if cfg.confirm_front and front_n < len(seeds) and teacher_config is not None:
             rescore = _rescorer(models["teacher"], main_sched, teacher_fid, teacher_config, seeds, shape, cfg, extractor,
-                                ref, device)
+                                ref, device, progress)
             confirmed = confirm_equal_fid(pareto_front(teacher_pts), rows, rescore)
             out["front"]["confirmed"] = {"n": len(seeds), "points": confirmed}
     return out, panels
 
 
-def _rescorer(unet, main_sched, main_fid: float, teacher_config: dict, seeds, shape, cfg, extractor, ref, device):
+def _rescorer(unet, main_sched, main_fid: float, teacher_config: dict, seeds, shape, cfg, extractor, ref, device,
+              progress: bool = True):
     """point -> the teacher's FID at that (scheduler, steps) on the main seeds; the main setting is the main table's."""
     def rescore(p: dict) -> float:
         sched, _ = scheduler_for(p["scheduler"], p["steps"], p.get("timestep_spacing", cfg.sampler.timestep_spacing),
                                  teacher_config)
         if same_sampler(sched, main_sched):
             return main_fid
-        return measure(unet_fn(unet), sched, seeds, shape, cfg.batch_size, extractor, ref, device=device)[0]["fid"]
+        bar = progress_bar(len(seeds), "confirm front", disable=not progress, unit="img")
+        fid = measure(unet_fn(unet), sched, seeds, shape, cfg.batch_size, extractor, ref, device=device, bar=bar,
+                      label=("teacher", f"{p['scheduler']}-{p['steps']}"))[0]["fid"]
+        bar.close()
+        return fid
     return rescore
 
 
