@@ -72,38 +72,49 @@ def pareto(points: list[dict], front: list[dict], path: Path, cost: str, cost_la
 
 
 def fewstep_front(teacher_points: list[dict], few: dict, path: Path, cost_label: str) -> None:
-    """The teacher's every (scheduler, steps) in grey with its Pareto front, and each student at its own steps."""
+    """The teacher's every (scheduler, steps) in grey with its Pareto front, and each student at its own steps; when
+    the crossing was confirmed on the main seeds, a second panel with the teacher's settings and the students there."""
     fr = few["front"]
-    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    conf = fr.get("confirmed")
+    fig, axes = plt.subplots(1, 2 if conf else 1, figsize=(12.4 if conf else 6.8, 4.4), squeeze=False)
+    col = _colors(list(dict.fromkeys(r["model"] for r in few["rows"])))
+    _front_panel(axes[0][0], teacher_points, fr["teacher_front"], few["rows"], col, "front_fid", "equal_fid",
+                 f"the sweep's seeds (n = {fr['n']})", cost_label)
+    if conf:
+        pts = conf["points"]
+        from .sweep import pareto_front
+
+        _front_panel(axes[0][1], pts, pareto_front(pts), few["rows"], col, "fid", "equal_fid_n",
+                     f"the main seeds (n = {conf['n']}): the teacher's settings scored again", cost_label)
+    _save(fig, path)
+
+
+def _front_panel(ax, teacher_points, front, rows_all, col, fid_key, eq_key, seeds_label, cost_label) -> None:
     for p in teacher_points:
         ax.scatter(p["seconds_per_image"], p["fid"], color="0.6", marker=MARKERS.get(p["scheduler"], "o"), s=22, alpha=0.7)
-    tf = fr["teacher_front"]
-    ax.plot([p["seconds_per_image"] for p in tf], [p["fid"] for p in tf], "k-", lw=1, label="teacher's front")
+    ax.plot([p["seconds_per_image"] for p in front], [p["fid"] for p in front], "k-", lw=1, label="teacher's front")
     for s, mk in MARKERS.items():
         if any(p["scheduler"] == s for p in teacher_points):
             ax.scatter([], [], color="0.6", marker=mk, label=f"teacher · {s}")
-    col = _colors(list(dict.fromkeys(r["model"] for r in few["rows"])))
     for m, c in col.items():
-        rows = sorted((r for r in few["rows"] if r["model"] == m), key=lambda r: r["steps"])
-        ax.plot([r["seconds_per_image"] for r in rows], [r["front_fid"] for r in rows], "-", color=c, lw=1.2,
+        rows = sorted((r for r in rows_all if r["model"] == m), key=lambda r: r["steps"])
+        ax.plot([r["seconds_per_image"] for r in rows], [r[fid_key] for r in rows], "-", color=c, lw=1.2,
                 marker=MARKERS.get(rows[0]["scheduler"], "o"), ms=9, label=f"{m} · {rows[0]['scheduler']} (own)")
         for r in rows:
-            # the reading confirmed on the main seeds when there is one
-            eq = r.get("equal_fid_n") if "equal_fid_n" in r or "equal_fid_n_lower_bound" in r else r.get("equal_fid")
+            eq = r.get(eq_key)
             txt = f"{r['steps']}" + (f" ({eq['speedup']:.2g}x)" if eq else "")
-            ax.annotate(txt, (r["seconds_per_image"], r["front_fid"]), fontsize=7, xytext=(4, 4), textcoords="offset points",
+            ax.annotate(txt, (r["seconds_per_image"], r[fid_key]), fontsize=7, xytext=(4, 4), textcoords="offset points",
                         color=c)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.get_yaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(cost_label)
-    ax.set_ylabel(f"FID ↓ (n = {fr['n']})")
-    ax.set_title("students at their own steps vs the teacher's quality-vs-time front\n(label: steps, speed-up at equal FID)",
-                 fontsize=9)
+    ax.set_ylabel("FID ↓")
+    ax.set_title(f"students at their own steps vs the teacher, on {seeds_label}\n(label: steps, speed-up at equal FID)",
+                 fontsize=8)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6, ncol=2)
-    _save(fig, path)
 
 
 def embedding(emb: dict, key: str, path: Path, title: str) -> None:
